@@ -88,7 +88,7 @@ class SFTConfig:
     logging_steps: int = _f(5, "log the loss every N optimizer steps")
     save_steps: int = _f(50, "checkpoint every N optimizer steps (Ray Train keeps the latest)")
     num_checkpoints_to_keep: int = _f(2, "checkpoints Ray Train keeps in storage")
-    max_failures: int = _f(2, "times Ray Train restarts the worker group from the latest checkpoint")
+    max_failures: int = _f(1, "times Ray Train restarts the worker group from the latest checkpoint")
     wandb_project: str = _f("ray-app-gsm", "Weights & Biases project")
     wandb_mode: str = _f("auto", "'auto' (online with WANDB_API_KEY, else offline), 'online', 'offline' or 'disabled'")
     eval_after: bool = _f(True, "after training, greedy-decode the test split and report 'Final answer:' format and accuracy")
@@ -218,7 +218,17 @@ def apply_overrides(obj: Any, values: dict, where: str) -> Any:
     unknown = sorted(set(values) - names)
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
-    return dataclasses.replace(obj, **values)
+    types = {f.name: _field_type(type(obj), f) for f in dataclasses.fields(obj)}
+    coerced = {}
+    for key, value in values.items():
+        typ = types[key]
+        if value is None or isinstance(value, typ) and not (typ is int and isinstance(value, bool)):
+            coerced[key] = value
+        elif typ is float and isinstance(value, int) and not isinstance(value, bool):
+            coerced[key] = float(value)  # YAML reads '3' as an int
+        else:
+            raise ConfigError(f"{where}: '{key}' must be {typ.__name__}, got {value!r}")
+    return dataclasses.replace(obj, **coerced)
 
 
 def _add_field_flags(parser: argparse.ArgumentParser, cls: type) -> None:

@@ -96,19 +96,21 @@ def load_and_prepare_train_dataset(cfg: Any, tokenizer):
     rows = subsample_rows(rows, cfg.train_pct, cfg.shuffle, cfg.seed)
     dataset = Dataset.from_list([{"question": r["question"], "answer": r["answer"]} for r in rows])
 
+    # Our own fingerprint of everything the encoding depends on: it names the Arrow cache file and
+    # spares `datasets` from hashing the function and tokenizer by pickling them.
+    key = sha256_text(
+        sha256_file(path),
+        _tokenizer_fingerprint(tokenizer),
+        str(cfg.max_seq_length),
+        str(cfg.train_pct),
+        str(cfg.shuffle),
+        str(cfg.seed),
+    )[:20]
     cache_file_name = None
     cache_dir = getattr(cfg, "encode_cache_dir", None)
     if cache_dir:
-        key = sha256_text(
-            sha256_file(path),
-            _tokenizer_fingerprint(tokenizer),
-            str(cfg.max_seq_length),
-            str(cfg.train_pct),
-            str(cfg.shuffle),
-            str(cfg.seed),
-        )
         Path(cache_dir).mkdir(parents=True, exist_ok=True)
-        cache_file_name = str(Path(cache_dir) / f"encoded-{key[:20]}.arrow")
+        cache_file_name = str(Path(cache_dir) / f"encoded-{key}.arrow")
 
     encoded = dataset.map(
         encode_function,
@@ -117,6 +119,7 @@ def load_and_prepare_train_dataset(cfg: Any, tokenizer):
         num_proc=cfg.num_proc if cfg.num_proc and cfg.num_proc > 1 else None,
         load_from_cache_file=cfg.load_from_cache_file,
         cache_file_name=cache_file_name,
+        new_fingerprint=key,
         remove_columns=dataset.column_names,
         desc="encoding SFT examples",
     )

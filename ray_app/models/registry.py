@@ -22,12 +22,16 @@ class Architecture:
     vocab: int
     tie_embeddings: bool = True
     num_labels: int = 0  # > 0: a sequence-classification head instead of an LM head
+    family: str = "gemma3"  # gemma3: 4 norms per layer + q/k norms; llama: 2 norms per layer
 
     def parameter_count(self) -> int:
         """Transformer parameters from the shapes (norm weights included; biases: none in Gemma/Llama)."""
         attention = self.hidden * self.head_dim * (2 * self.num_heads + 2 * self.num_kv_heads)
         mlp = 3 * self.hidden * self.intermediate
-        norms = 4 * self.hidden + 2 * self.head_dim  # Gemma 3 has pre/post norms and q/k norms
+        if self.family == "gemma3":
+            norms = 4 * self.hidden + 2 * self.head_dim  # pre/post attention and MLP norms, q/k norms
+        else:
+            norms = 2 * self.hidden
         per_layer = attention + mlp + norms
         embeddings = self.vocab * self.hidden
         head = self.hidden * self.num_labels if self.num_labels else (0 if self.tie_embeddings else embeddings)
@@ -65,7 +69,7 @@ MODEL_PRESETS: dict[str, ModelPreset] = {
             "skywork-reward-v2-llama-3.1-8b",
             "reward",
             "Skywork/Skywork-Reward-V2-Llama-3.1-8B",
-            Architecture(32, 4096, 14336, 32, 8, 128, 128256, tie_embeddings=False, num_labels=1),
+            Architecture(32, 4096, 14336, 32, 8, 128, 128256, tie_embeddings=False, num_labels=1, family="llama"),
         ),
         # Embedded defaults: same architectures, sizes that train in minutes on 2 CPU cores.
         ModelPreset(
@@ -90,7 +94,7 @@ MODEL_PRESETS: dict[str, ModelPreset] = {
             "tiny-llama-reward",
             "reward",
             None,
-            Architecture(2, 128, 384, 4, 2, 32, 1024, tie_embeddings=False, num_labels=1),
+            Architecture(2, 128, 384, 4, 2, 32, 1024, tie_embeddings=False, num_labels=1, family="llama"),
             embedded=True,
             notes="stands in for Skywork-Reward-V2-Llama-3.1-8B; its own Llama-3-style tokenizer",
             build={"family": "llama", "vocab_size": 1024},

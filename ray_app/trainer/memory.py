@@ -35,7 +35,7 @@ def model_state_bytes(
 ) -> ModelStateMemory:
     if zero_stage not in (0, 1, 2, 3):
         raise ValueError(f"ZeRO stage must be 0-3, got {zero_stage}")
-    p_bytes, g_bytes, o_bytes = (2, 2, 12) if mixed_precision else (4, 4, 8)
+    p_bytes, g_bytes, o_bytes = (2, 2, 12) if mixed_precision else (4, 4, 8 if zero_stage == 0 else 12)
     n = num_params
     params = n * p_bytes / (world_size if zero_stage >= 3 else 1)
     grads = n * g_bytes / (world_size if zero_stage >= 2 else 1)

@@ -24,16 +24,27 @@ from ray_app.utils.run_info import versions
 CHECKPOINT_SUBDIR = "checkpoint"
 
 
+def _checkpointing_arg() -> str:
+    # transformers 5 renamed gradient_checkpointing to activation_checkpointing.
+    from transformers import TrainingArguments
+
+    fields = TrainingArguments.__dataclass_fields__
+    return "activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"
+
+
 def deepspeed_config(cfg: SFTConfig, on_gpu: bool) -> dict:
     """ZeRO config; batch sizes, lr and clipping are 'auto' so the HF Trainer fills them in from its args."""
     zero: dict = {"stage": cfg.zero_stage}
     if cfg.zero_stage >= 1:
-        zero.update(overlap_comm=on_gpu, contiguous_gradients=True, reduce_scatter=True)
+        # Bucket sizes scale with the model (HF fills 'auto' from hidden_size): DeepSpeed's fixed
+        # defaults would allocate GBs of gradient buckets for a 3M-parameter model.
+        zero.update(overlap_comm=on_gpu, contiguous_gradients=True, reduce_scatter=True, reduce_bucket_size="auto")
     if cfg.offload_optimizer and cfg.zero_stage >= 1:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": on_gpu}
     if cfg.zero_stage == 3:
         # Gather the 16-bit shards into one state dict when the final model is saved.
         zero["stage3_gather_16bit_weights_on_model_save"] = True
+        zero.update(stage3_prefetch_bucket_size="auto", stage3_param_persistence_threshold="auto")
         if cfg.offload_param:
             zero["offload_param"] = {"device": "cpu", "pin_memory": on_gpu}
     optimizer_params = {"lr": "auto", "betas": "auto", "eps": "auto", "weight_decay": "auto"}
@@ -129,6 +140,7 @@ def train_func(config: dict) -> None:
     from ray_app.data.encoding import load_and_prepare_train_dataset
 
     cfg = SFTConfig(**config["sft"])
+    _CHECKPOINTING_ARG = _checkpointing_arg()
     model_path = config["model_path"]
     plan = BatchPlan.from_config(cfg)
     context = ray.train.get_context()
@@ -138,6 +150,12 @@ def train_func(config: dict) -> None:
     set_seed(cfg.seed)
     for key, value in config.get("env", {}).items():
         os.environ[key] = value
+
+    # Ray Train already set up torch.distributed; DeepSpeed wraps that process group. It must know the
+    # world size before ZeRO-3 partitions weights inside from_pretrained.
+    import deepspeed
+
+    deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo")
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     # Node-local scratch for HF checkpoints; Ray Train copies them to storage on every save.
@@ -151,7 +169,7 @@ def train_func(config: dict) -> None:
         max_steps=cfg.max_steps,
         learning_rate=cfg.learning_rate,
         lr_scheduler_type=cfg.lr_scheduler_type,
-        warmup_ratio=cfg.warmup_ratio,
+        warmup_steps=cfg.warmup_ratio,  # < 1: a fraction of the total steps (transformers 5)
         weight_decay=cfg.weight_decay,
         max_grad_norm=cfg.max_grad_norm,
         bf16=bf16,
@@ -164,7 +182,7 @@ def train_func(config: dict) -> None:
         seed=cfg.seed,
         data_seed=cfg.seed,
         deepspeed=deepspeed_config(cfg, on_gpu),
-        gradient_checkpointing=cfg.gradient_checkpointing,
+        **{_CHECKPOINTING_ARG: cfg.gradient_checkpointing},
         report_to=["wandb"] if "WANDB_MODE" in config.get("env", {}) else [],
         disable_tqdm=rank != 0,
         dataloader_num_workers=0,
@@ -188,12 +206,14 @@ def train_func(config: dict) -> None:
 
     started = time.perf_counter()
     checkpoint = ray.train.get_checkpoint()
+    resumed_from_step = None
     if checkpoint is not None:
         with checkpoint.as_directory() as ckpt_dir:
-            resume_from = str(Path(ckpt_dir) / CHECKPOINT_SUBDIR)
+            resume_from = Path(ckpt_dir) / CHECKPOINT_SUBDIR
+            resumed_from_step = json.loads((resume_from / "trainer_state.json").read_text())["global_step"]
             if rank == 0:
-                print(f"[sft] resuming from Ray Train checkpoint {resume_from}", flush=True)
-            result = trainer.train(resume_from_checkpoint=resume_from)
+                print(f"[sft] resuming at step {resumed_from_step} from Ray Train checkpoint {resume_from}", flush=True)
+            result = trainer.train(resume_from_checkpoint=str(resume_from))
     else:
         result = trainer.train()
     train_seconds = time.perf_counter() - started
@@ -209,6 +229,7 @@ def train_func(config: dict) -> None:
             "train_loss": result.training_loss,
             "train_seconds_this_attempt": train_seconds,
             "resumed_from_checkpoint": checkpoint is not None,
+            "resumed_from_step": resumed_from_step,
             "log_history": trainer.state.log_history,
             "num_train_examples": len(train_dataset),
         }

@@ -1,0 +1,71 @@
+#!/usr/bin/env python
+"""SFT encoding throughput (examples/s) with the real Gemma 3 tokenizer at several `num_proc`.
+
+Encodes the training rows through `load_and_prepare_train_dataset` (the path the SFT workers use)
+with the Arrow cache disabled, best of `--repeats`, and prints ratios against num_proc=1 measured in
+the same process.
+
+    python bench/encoding_throughput.py [--train-file outputs/data/gsm_symbolic_train.jsonl] [--num-proc 1,2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+@dataclass
+class EncodeSettings:
+    train_file: str
+    num_proc: int
+    max_seq_length: int = 1024
+    train_pct: float = 100.0
+    shuffle: bool = False
+    seed: int = 0
+    load_from_cache_file: bool = False
+    encode_cache_dir: str | None = None
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--train-file", default="outputs/data/gsm_symbolic_train.jsonl")
+    parser.add_argument("--tokenizer", default=str(ROOT.parent / "shared/tokenizers/gemma-3"), help="tokenizer folder or Hub id")
+    parser.add_argument("--num-proc", default="1,2", help="comma-separated num_proc values; the first is the baseline")
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args(argv)
+
+    import datasets
+    from transformers import AutoTokenizer
+
+    from ray_app.data.encoding import load_and_prepare_train_dataset
+
+    datasets.disable_progress_bars()
+    datasets.disable_caching()
+    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+    results = {}
+    for num_proc in [int(n) for n in args.num_proc.split(",")]:
+        best = float("inf")
+        for _ in range(args.repeats):
+            started = time.perf_counter()
+            ds = load_and_prepare_train_dataset(EncodeSettings(args.train_file, num_proc), tokenizer)
+            best = min(best, time.perf_counter() - started)
+        tokens = sum(len(x) for x in ds["input_ids"])
+        results[num_proc] = (len(ds), best, tokens)
+    base_rate = None
+    print(f"\nSFT encoding, {Path(args.tokenizer).name} tokenizer, {args.train_file}")
+    print(f"{'num_proc':>8} {'examples':>9} {'seconds':>8} {'examples/s':>11} {'tokens/ex':>9} {'vs first':>8}")
+    for num_proc, (n, seconds, tokens) in results.items():
+        rate = n / seconds
+        base_rate = base_rate or rate
+        print(f"{num_proc:>8} {n:>9} {seconds:>8.2f} {rate:>11.0f} {tokens / n:>9.1f} {rate / base_rate:>7.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

