@@ -14,6 +14,7 @@ import shutil
 import signal
 import tempfile
 import time
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 
@@ -139,6 +140,7 @@ def train_func(config: dict) -> None:
 
     from ray_app.data.encoding import load_and_prepare_train_dataset
 
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed")
     cfg = SFTConfig(**config["sft"])
     _CHECKPOINTING_ARG = _checkpointing_arg()
     model_path = config["model_path"]

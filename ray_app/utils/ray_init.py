@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 
 def init_ray(num_cpus: int | None = None, log=print) -> None:
@@ -16,5 +17,14 @@ def init_ray(num_cpus: int | None = None, log=print) -> None:
         ray.init(address=address, log_to_driver=True)
         log(f"[ray] connected to cluster at {address}: {ray.cluster_resources()}")
         return
-    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+    # Workers import this checkout's ray_app, whichever copy is pip-installed.
+    project_root = str(Path(__file__).resolve().parents[2])
+    pythonpath = os.pathsep.join(p for p in (project_root, os.environ.get("PYTHONPATH", "")) if p)
+    # The dashboard also serves the State API that Ray Train's controller polls; it binds to loopback.
+    ray.init(
+        num_cpus=num_cpus,
+        include_dashboard=True,
+        log_to_driver=True,
+        runtime_env={"env_vars": {"PYTHONPATH": pythonpath}},
+    )
     log(f"[ray] started a local Ray instance: {ray.cluster_resources()}")
