@@ -82,3 +82,14 @@ def test_zero_memory_bench_meets_goal(full_data, tmp_path):
             # Counted bytes within 5% of the ZeRO estimate (buckets and norms are the difference).
             assert abs(rank["total"] - rank["estimate"]) / rank["estimate"] < 0.05, (stage, rank)
     assert "ZeRO-3 / ZeRO-0 per-rank model-state bytes" in bench.stdout
+
+
+def test_rerunning_a_run_resumes_from_its_storage(full_data, tmp_path):
+    """The same --run-name and --storage-path continue from the latest checkpoint of the earlier launch."""
+    storage, run = tmp_path / "sft", "again"
+    common = ["--data-dir", str(full_data), "--storage-path", str(storage), "--run-name", run, "--save-steps", "4", "--no-eval-after"]
+    run_job("sft.py", *common, "--max-steps", "8", timeout=1200)
+    assert _manifest(storage, run)["resumed_from_checkpoint"] is False
+    run_job("sft.py", *common, "--max-steps", "12", timeout=1200)
+    m = _manifest(storage, run)
+    assert (m["resumed_from_step"], m["global_step"]) == (8, 12)

@@ -277,7 +277,8 @@ def run_sft(cfg: SFTConfig, model_path: str, log=print) -> dict:
     use_gpu = cfg.use_gpu if cfg.use_gpu is not None else cluster_has_gpus()
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "fault_drill.txt").unlink(missing_ok=True) if cfg.fail_at_step is None else None
+    # The drill's marker makes the kill happen once per launch, not again after the restart.
+    (run_dir / "fault_drill.txt").unlink(missing_ok=True)
     attempt_id = time.strftime("%Y%m%d-%H%M%S")
 
     resources = {"CPU": cfg.cpus_per_worker}
