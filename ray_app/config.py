@@ -116,7 +116,49 @@ class SFTConfig:
         return self.encode_cache_dir or str(Path(self.storage_path) / "encode_cache")
 
 
-SECTIONS: dict[str, type] = {"data": DataConfig, "sft": SFTConfig}
+@dataclass
+class EvalConfig:
+    models: str = _f("base-small=tiny-gemma3-small", "comma-separated LABEL=MODEL (preset name, Hub id or local folder); LABEL= is optional")
+    data_dir: str = _f("outputs/data", "folder with the test JSONL files (from jobs/prepare_data.py)")
+    datasets: str = _f("gsm_symbolic_test,gsm8k_same_templates,gsm8k_non_overlapping", "comma-separated test splits")
+    out_dir: str = _f("outputs/eval", "folder for predictions and Table 1")
+    max_new_tokens: int = _f(256, "generation budget per answer")
+    batch_size: int = _f(32, "questions per generate() call on an actor")
+    actors_per_model: int = _f(1, "Ray Data actors per model (one model each; one GPU each when the cluster has GPUs)")
+    num_gpus_per_actor: Optional[float] = _f(None, "GPUs per generation actor; default 1 on GPU clusters, else 0")
+    limit: Optional[int] = _f(None, "only the first K questions of each split (quick runs)")
+
+
+@dataclass
+class SampleConfig:
+    models: str = _f("base-small=tiny-gemma3-small", "comma-separated LABEL=MODEL to sample from")
+    data_dir: str = _f("outputs/data", "folder with the test JSONL files")
+    dataset: str = _f("gsm_symbolic_test", "test split to sample on")
+    out_dir: str = _f("outputs/samples", "folder for samples.parquet/.jsonl, part files and the run manifest")
+    num_samples: int = _f(8, "samples per question (N)")
+    temperature: float = _f(0.7, "sampling temperature")
+    top_p: float = _f(0.95, "nucleus sampling")
+    seed: int = _f(1234, "sampling seed")
+    max_new_tokens: int = _f(256, "generation budget per sample")
+    questions_per_batch: int = _f(4, "questions per Ray Data batch (x num_samples sequences per generate call)")
+    actors_per_model: int = _f(1, "generation actors per model")
+    num_gpus_per_actor: Optional[float] = _f(None, "GPUs per generation actor; default 1 on GPU clusters, else 0")
+    limit: Optional[int] = _f(None, "only the first K questions (quick runs)")
+    reward_model: str = _f("tiny-llama-reward", "reward model: preset name, Hub id or local folder")
+    reward_replicas: int = _f(1, "Serve replicas of the reward model (the minimum when autoscaling)")
+    reward_num_cpus: float = _f(1.0, "CPUs per reward replica")
+    reward_num_gpus: float = _f(0.0, "GPUs per reward replica")
+    reward_max_batch_size: int = _f(32, "@serve.batch max_batch_size")
+    reward_batch_wait_timeout_s: float = _f(0.01, "@serve.batch wait before a partial batch runs")
+    reward_autoscaling: bool = _f(False, "autoscale replicas between reward_replicas and reward_max_replicas")
+    reward_max_replicas: int = _f(4, "autoscaling upper bound")
+    serve_host: str = _f("127.0.0.1", "HTTP bind address of the reward endpoint (loopback by default)")
+    serve_port: int = _f(8000, "HTTP port of the reward endpoint")
+    score_retries: int = _f(3, "retries of a scoring request whose replica died")
+    keep_serving: bool = _f(False, "leave the reward endpoint up after sampling (Ctrl-C to stop)")
+
+
+SECTIONS: dict[str, type] = {"data": DataConfig, "sft": SFTConfig, "eval": EvalConfig, "sample": SampleConfig}
 
 
 # ----------------------------------------------------------------------------------------------

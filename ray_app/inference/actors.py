@@ -1,0 +1,84 @@
+"""Ray Data actors that hold one policy model each and turn batches of questions into answers."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+
+import numpy as np
+
+from ray_app.data.prompts import extract_answer
+
+
+def parse_model_specs(specs: str) -> list[tuple[str, str]]:
+    """'base=tiny-gemma3-small,sft=outputs/sft/x/final_model' -> [(label, model), ...]."""
+    out = []
+    for item in [s.strip() for s in specs.split(",") if s.strip()]:
+        label, _, model = item.partition("=") if "=" in item else (item, "", item)
+        if not label or not model:
+            raise ValueError(f"bad model spec '{item}': use LABEL=MODEL or MODEL")
+        out.append((label, model))
+    labels = [label for label, _ in out]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"model labels must be unique: {labels}")
+    if not out:
+        raise ValueError("no models given")
+    return out
+
+
+def batch_seed(seed: int, label: str, question_ids) -> int:
+    key = f"{seed}:{label}:{','.join(map(str, question_ids))}"
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "big")
+
+
+class GenerationActor:
+    """`map_batches` callable class: one model per actor, loaded once, batched left-padded generation.
+
+    Greedy (num_samples=1, do_sample=False) for evaluation; N samples per question for sampling.
+    Output: one row per (question, sample) with the response, its parsed answer and correctness.
+    """
+
+    def __init__(self, label: str, model_path: str, max_new_tokens: int, batch_size: int = 32,
+                 num_samples: int = 1, do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
+                 seed: int = 0):
+        from ray_app.generation import load_policy
+
+        self.label, self.max_new_tokens, self.batch_size = label, max_new_tokens, batch_size
+        self.num_samples, self.do_sample = num_samples, do_sample
+        self.temperature, self.top_p, self.seed = temperature, top_p, seed
+        self.tokenizer, self.model = load_policy(model_path)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
+        from ray_app.generation import generate
+
+        started = time.time()
+        questions = [str(q) for q in batch["question"]]
+        repeated = [q for q in questions for _ in range(self.num_samples)]
+        gens = generate(
+            self.model, self.tokenizer, repeated, max_new_tokens=self.max_new_tokens,
+            batch_size=self.batch_size * self.num_samples if self.do_sample else self.batch_size,
+            do_sample=self.do_sample, temperature=self.temperature, top_p=self.top_p,
+            seed=batch_seed(self.seed, self.label, batch["question_id"]) if self.do_sample else None,
+        )
+        finished = time.time()
+        out: dict[str, list] = {k: [] for k in (
+            "model", "dataset", "question_id", "sample_idx", "question", "response", "pred", "gold", "correct",
+            "num_tokens", "finish_reason", "generation_started_at", "generated_at")}
+        for i, g in enumerate(gens):
+            q = i // self.num_samples
+            pred = extract_answer(g.completion)
+            gold = str(batch["gold"][q])
+            out["model"].append(self.label)
+            out["dataset"].append(str(batch["dataset"][q]))
+            out["question_id"].append(str(batch["question_id"][q]))
+            out["sample_idx"].append(i % self.num_samples)
+            out["question"].append(questions[q])
+            out["response"].append(g.completion)
+            out["pred"].append(pred)
+            out["gold"].append(gold)
+            out["correct"].append(pred == gold)
+            out["num_tokens"].append(g.num_tokens)
+            out["finish_reason"].append(g.finish_reason)
+            out["generation_started_at"].append(started)
+            out["generated_at"].append(finished)
+        return out

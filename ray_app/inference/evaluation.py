@@ -1,0 +1,107 @@
+"""Greedy evaluation of several models on the three test sets (Table 1), on Ray Data actors."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from ray_app.analysis.report import to_markdown
+from ray_app.analysis.strategies import wilson_interval
+from ray_app.config import EvalConfig
+from ray_app.data.gsm import load_split
+from ray_app.inference.actors import GenerationActor, parse_model_specs
+from ray_app.models.registry import resolve_model_path
+from ray_app.utils.io import atomic_write_json, atomic_write_jsonl, atomic_write_text
+from ray_app.utils.run_info import versions
+
+TABLE1_COLUMNS = {
+    "gsm_symbolic_test": "gsm-symbolic",
+    "gsm8k_same_templates": "gsm8k-same_templates",
+    "gsm8k_non_overlapping": "gsm8k-non_overlapping",
+}
+
+
+def question_rows(data_dir: str, splits: list[str], limit: int | None) -> list[dict]:
+    rows = []
+    for split in splits:
+        for r in load_split(data_dir, split)[:limit]:
+            rows.append({"dataset": split, "question_id": r["id"], "question": r["question"], "gold": r["gold"]})
+    return rows
+
+
+def gpus_per_actor(requested: float | None) -> float:
+    import ray
+
+    if requested is not None:
+        return requested
+    return 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+
+
+def generate_with_actors(rows: list[dict], label: str, model_path: str, cfg_actor: dict, batch_size: int,
+                         actors: int, num_gpus: float):
+    """A Ray Data pipeline: question rows -> GenerationActor pool -> streamed output batches."""
+    import ray
+
+    ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), 4 * actors)))
+    return ds.map_batches(
+        GenerationActor,
+        fn_constructor_kwargs={"label": label, "model_path": model_path, **cfg_actor},
+        batch_size=batch_size,
+        concurrency=actors,
+        num_cpus=1,
+        num_gpus=num_gpus,
+    )
+
+
+def table1(predictions) -> "tuple[object, object]":
+    """(csv frame, markdown frame): rows models, columns test sets, accuracy % with 95% Wilson CI."""
+    import pandas as pd
+
+    numeric, pretty = [], []
+    for model, g in predictions.groupby("model", sort=False):
+        row_n, row_p = {"model": model}, {"model": model}
+        for split, column in TABLE1_COLUMNS.items():
+            part = g[g["dataset"] == split]
+            if part.empty:
+                continue
+            k, n = int(part["correct"].sum()), len(part)
+            low, high = wilson_interval(k, n)
+            row_n.update({column: 100 * k / n, f"{column}_ci_low": 100 * low, f"{column}_ci_high": 100 * high, f"{column}_n": n})
+            row_p[column] = f"{100 * k / n:.1f} [{100 * low:.1f}, {100 * high:.1f}]"
+        numeric.append(row_n)
+        pretty.append(row_p)
+    return pd.DataFrame(numeric), pd.DataFrame(pretty)
+
+
+def run_evaluation(cfg: EvalConfig, log=print) -> dict:
+    import pandas as pd
+
+    started = time.perf_counter()
+    splits = [s.strip() for s in cfg.datasets.split(",") if s.strip()]
+    rows = question_rows(cfg.data_dir, splits, cfg.limit)
+    corpus = str(Path(cfg.data_dir) / "gsm_symbolic_train.jsonl")
+    num_gpus = gpus_per_actor(cfg.num_gpus_per_actor)
+    frames, seconds = [], {}
+    for label, model in parse_model_specs(cfg.models):
+        t = time.perf_counter()
+        model_path = resolve_model_path(model, corpus_file=corpus)
+        ds = generate_with_actors(rows, label, model_path, {"max_new_tokens": cfg.max_new_tokens, "batch_size": cfg.batch_size},
+                                  cfg.batch_size, cfg.actors_per_model, num_gpus)
+        frame = ds.to_pandas()
+        frames.append(frame)
+        seconds[label] = time.perf_counter() - t
+        log(f"[eval] {label}: {len(frame)} greedy answers in {seconds[label]:.0f}s, accuracy {100 * frame['correct'].mean():.1f}%")
+    predictions = pd.concat(frames, ignore_index=True).sort_values(["model", "dataset", "question_id"], kind="stable")
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    predictions = predictions.drop(columns=["sample_idx", "generation_started_at", "generated_at"])
+    atomic_write_jsonl(out / "predictions.jsonl", predictions.to_dict(orient="records"))
+    numeric, pretty = table1(predictions)
+    atomic_write_text(out / "table1_accuracy.csv", numeric.to_csv(index=False, float_format="%.2f"))
+    atomic_write_text(out / "table1_accuracy.md", "Greedy accuracy (%) [95% Wilson CI]\n\n" + to_markdown(pretty))
+    summary = {"config": asdict(cfg), "rows": len(predictions), "seconds": {**seconds, "total": time.perf_counter() - started},
+               "num_gpus_per_actor": num_gpus, "versions": versions()}
+    atomic_write_json(out / "eval_manifest.json", summary)
+    log(to_markdown(pretty))
+    return {"predictions": predictions, "table1": numeric, "paths": {"table1_csv": str(out / "table1_accuracy.csv")}, **summary}

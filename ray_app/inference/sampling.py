@@ -1,0 +1,161 @@
+"""N samples per question on Ray Data actors, streamed into the Ray Serve reward model.
+
+Generation runs in a Ray Data pipeline (one model per actor). The driver consumes its output batch
+by batch as it is produced and hands each batch to a small thread pool that sends it to the reward
+deployment through a Serve handle, so scoring overlaps generation. A scored batch is written as one
+part file (atomically, whole questions only); a rerun skips questions already in part files, so a
+run that died halfway resumes without regenerating finished questions, and no sample is scored twice
+or lost. At the end the parts are gathered into `samples.parquet` and `samples.jsonl`.
+
+Output schema (one row per sample): model, dataset, question_id, sample_idx, question, response,
+pred, gold, correct, reward, num_tokens, finish_reason; plus generation_started_at, generated_at,
+scored_at (Unix seconds) and reward_replica_pid, which show the overlap and where scores came from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
+from pathlib import Path
+
+from ray_app.analysis.report import SAMPLE_COLUMNS
+from ray_app.config import SampleConfig
+from ray_app.inference.actors import parse_model_specs
+from ray_app.inference.evaluation import generate_with_actors, gpus_per_actor, question_rows
+from ray_app.models.registry import resolve_model_path
+from ray_app.utils.io import DataError, atomic_write_json, atomic_write_jsonl, read_jsonl
+from ray_app.utils.run_info import versions
+
+TIMING_COLUMNS = ["generation_started_at", "generated_at", "scored_at", "reward_replica_pid"]
+
+
+def finished_questions(parts_dir: Path, num_samples: int) -> set[tuple[str, str]]:
+    """(model, question_id) pairs whose N scored samples are already on disk."""
+    counts: dict[tuple[str, str], int] = {}
+    for part in sorted(parts_dir.glob("*.jsonl")):
+        for row in read_jsonl(part):
+            key = (row["model"], row["question_id"])
+            counts[key] = counts.get(key, 0) + 1
+    return {k for k, c in counts.items() if c == num_samples}
+
+
+def _score_and_write(handle, batch, parts_dir: Path, retries: int, log) -> int:
+    questions, responses = list(batch["question"]), list(batch["response"])
+    for attempt in range(retries + 1):
+        try:
+            result = handle.score.remote(questions, responses).result(timeout_s=900)
+            break
+        except Exception as e:  # a replica died mid-request: Serve routes the retry to a live one
+            if attempt == retries:
+                raise
+            log(f"[sample] scoring attempt {attempt + 1} failed ({type(e).__name__}); retrying")
+            time.sleep(1 + attempt)
+    if len(result["scores"]) != len(batch):
+        raise RuntimeError(f"reward model returned {len(result['scores'])} scores for {len(batch)} samples")
+    batch = batch.copy()
+    batch["reward"] = result["scores"]
+    batch["scored_at"] = result["scored_at"]
+    batch["reward_replica_pid"] = result["replica_pid"]
+    key = hashlib.sha256(",".join(sorted(set(batch["question_id"]))).encode()).hexdigest()[:16]
+    label = str(batch["model"].iloc[0])
+    atomic_write_jsonl(parts_dir / f"{label}-{key}.jsonl", batch[SAMPLE_COLUMNS + TIMING_COLUMNS].to_dict(orient="records"))
+    return len(batch)
+
+
+def gather_parts(parts_dir: Path, num_samples: int, expected: dict[str, set[str]]):
+    """All part files as one frame, checked: exactly N scored samples per expected question."""
+    import pandas as pd
+
+    rows = [row for part in sorted(parts_dir.glob("*.jsonl")) for row in read_jsonl(part)]
+    df = pd.DataFrame(rows)
+    dup = df.duplicated(["model", "question_id", "sample_idx"])
+    if dup.any():
+        raise DataError(f"{int(dup.sum())} samples appear twice in {parts_dir}")
+    for label, qids in expected.items():
+        got = df[df["model"] == label].groupby("question_id").size()
+        missing = sorted(qids - set(got.index))
+        short = sorted(q for q, n in got.items() if n != num_samples)
+        if missing or short:
+            raise DataError(f"{label}: {len(missing)} questions without samples, {len(short)} without exactly {num_samples}")
+    if df["reward"].isna().any():
+        raise DataError("some samples have no reward")
+    return df.sort_values(["model", "dataset", "question_id", "sample_idx"], kind="stable").reset_index(drop=True)
+
+
+def run_sampling(cfg: SampleConfig, log=print) -> dict:
+    from ray import serve
+
+    from ray_app.reward.serve_app import APP_NAME, ServeSettings, deploy_reward_model
+
+    started = time.perf_counter()
+    out = Path(cfg.out_dir)
+    parts_dir = out / "parts"
+    parts_dir.mkdir(parents=True, exist_ok=True)
+    rows = question_rows(cfg.data_dir, [cfg.dataset], cfg.limit)
+    if not rows:
+        raise DataError(f"no questions in {cfg.data_dir}/{cfg.dataset}.jsonl")
+    specs = parse_model_specs(cfg.models)
+    corpus = str(Path(cfg.data_dir) / "gsm_symbolic_train.jsonl")
+    done = finished_questions(parts_dir, cfg.num_samples)
+    if done:
+        log(f"[sample] resuming: {len(done)} (model, question) pairs already scored in {parts_dir}")
+
+    t = time.perf_counter()
+    settings = ServeSettings(
+        model_path=resolve_model_path(cfg.reward_model, corpus_file=corpus), num_replicas=cfg.reward_replicas,
+        num_cpus=cfg.reward_num_cpus, num_gpus=cfg.reward_num_gpus, max_batch_size=cfg.reward_max_batch_size,
+        batch_wait_timeout_s=cfg.reward_batch_wait_timeout_s, autoscaling=cfg.reward_autoscaling,
+        max_replicas=cfg.reward_max_replicas, host=cfg.serve_host, port=cfg.serve_port,
+    )
+    handle = deploy_reward_model(settings)
+    seconds = {"deploy_reward_model": time.perf_counter() - t}
+    log(f"[sample] reward model {cfg.reward_model} serving on http://{cfg.serve_host}:{cfg.serve_port}/score")
+
+    num_gpus = gpus_per_actor(cfg.num_gpus_per_actor)
+    actor_args = {"max_new_tokens": cfg.max_new_tokens, "batch_size": cfg.questions_per_batch, "num_samples": cfg.num_samples,
+                  "do_sample": True, "temperature": cfg.temperature, "top_p": cfg.top_p, "seed": cfg.seed}
+    scored = 0
+    with ThreadPoolExecutor(max_workers=8, thread_name_prefix="score") as pool:
+        futures = []
+        for label, model in specs:
+            todo = [r for r in rows if (label, r["question_id"]) not in done]
+            if not todo:
+                continue
+            t = time.perf_counter()
+            ds = generate_with_actors(todo, label, resolve_model_path(model, corpus_file=corpus), actor_args,
+                                      cfg.questions_per_batch, cfg.actors_per_model, num_gpus)
+            for batch in ds.iter_batches(batch_size=None, batch_format="pandas"):
+                futures.append(pool.submit(_score_and_write, handle, batch, parts_dir, cfg.score_retries, log))
+            seconds[f"generate_{label}"] = time.perf_counter() - t
+            log(f"[sample] {label}: {len(todo)} questions x {cfg.num_samples} samples generated in {seconds[f'generate_{label}']:.0f}s")
+        for f in futures:
+            scored += f.result()
+    stats = handle.stats.remote().result()
+    if not cfg.keep_serving:
+        serve.delete(APP_NAME)
+
+    df = gather_parts(parts_dir, cfg.num_samples, {label: {r["question_id"] for r in rows} for label, _ in specs})
+    df.to_parquet(out / "samples.parquet.tmp", index=False)
+    (out / "samples.parquet.tmp").replace(out / "samples.parquet")
+    atomic_write_jsonl(out / "samples.jsonl", df.to_dict(orient="records"))
+    new = df[df["scored_at"] > 0]
+    overlap = {
+        "first_score_at": float(new["scored_at"].min()),
+        "last_generation_finished_at": float(new["generated_at"].max()),
+    }
+    overlap["first_score_before_last_generation"] = overlap["first_score_at"] < overlap["last_generation_finished_at"]
+    seconds["total"] = time.perf_counter() - started
+    manifest = {"config": asdict(cfg), "rows": len(df), "scored_this_run": scored, "resumed_pairs": len(done),
+                "overlap": overlap, "reward_batching": stats, "seconds": seconds, "versions": versions(),
+                "schema": SAMPLE_COLUMNS + TIMING_COLUMNS}
+    atomic_write_json(out / "sample_manifest.json", manifest)
+    log(f"[sample] {len(df)} samples -> {out / 'samples.parquet'}; first score {overlap['first_score_at'] - new['generation_started_at'].min():.1f}s "
+        f"after generation began, last generation finished {overlap['last_generation_finished_at'] - new['generation_started_at'].min():.1f}s after")
+    return {"samples": df, **manifest}
+
+
+def load_manifest(out_dir: str) -> dict:
+    return json.loads((Path(out_dir) / "sample_manifest.json").read_text())
