@@ -154,7 +154,7 @@ class SampleConfig:
     reward_max_replicas: int = _f(4, "autoscaling upper bound")
     serve_host: str = _f("127.0.0.1", "HTTP bind address of the reward endpoint (loopback by default)")
     serve_port: int = _f(8000, "HTTP port of the reward endpoint")
-    score_retries: int = _f(3, "retries of a scoring request whose replica died")
+    score_retries: int = _f(5, "retries (backoff 1, 2, 4, ... s) of a scoring request whose replica died")
     keep_serving: bool = _f(False, "leave the reward endpoint up after sampling (Ctrl-C to stop)")
 
 

@@ -42,7 +42,8 @@ def finished_questions(parts_dir: Path, num_samples: int) -> set[tuple[str, str]
     return {k for k, c in counts.items() if c == num_samples}
 
 
-def _score_and_write(handle, batch, parts_dir: Path, retries: int, log) -> int:
+def _score_and_write(handle, batch, parts_dir: Path, retries: int, log) -> tuple[int, int]:
+    """Score one generated batch (retrying if its replica dies) and write it as one part file."""
     questions, responses = list(batch["question"]), list(batch["response"])
     for attempt in range(retries + 1):
         try:
@@ -51,8 +52,8 @@ def _score_and_write(handle, batch, parts_dir: Path, retries: int, log) -> int:
         except Exception as e:  # a replica died mid-request: Serve routes the retry to a live one
             if attempt == retries:
                 raise
-            log(f"[sample] scoring attempt {attempt + 1} failed ({type(e).__name__}); retrying")
-            time.sleep(1 + attempt)
+            log(f"[sample] scoring attempt {attempt + 1} failed ({type(e).__name__}: {str(e)[:120]}); retrying")
+            time.sleep(min(30, 2**attempt))
     if len(result["scores"]) != len(batch):
         raise RuntimeError(f"reward model returned {len(result['scores'])} scores for {len(batch)} samples")
     batch = batch.copy()
@@ -62,7 +63,7 @@ def _score_and_write(handle, batch, parts_dir: Path, retries: int, log) -> int:
     key = hashlib.sha256(",".join(sorted(set(batch["question_id"]))).encode()).hexdigest()[:16]
     label = str(batch["model"].iloc[0])
     atomic_write_jsonl(parts_dir / f"{label}-{key}.jsonl", batch[SAMPLE_COLUMNS + TIMING_COLUMNS].to_dict(orient="records"))
-    return len(batch)
+    return len(batch), attempt
 
 
 def gather_parts(parts_dir: Path, num_samples: int, expected: dict[str, set[str]]):
@@ -90,7 +91,7 @@ def run_sampling(cfg: SampleConfig, log=print) -> dict:
 
     from ray_app.reward.serve_app import APP_NAME, ServeSettings, deploy_reward_model
 
-    started = time.perf_counter()
+    started, started_at = time.perf_counter(), time.time()
     out = Path(cfg.out_dir)
     parts_dir = out / "parts"
     parts_dir.mkdir(parents=True, exist_ok=True)
@@ -117,7 +118,7 @@ def run_sampling(cfg: SampleConfig, log=print) -> dict:
     num_gpus = gpus_per_actor(cfg.num_gpus_per_actor)
     actor_args = {"max_new_tokens": cfg.max_new_tokens, "batch_size": cfg.questions_per_batch, "num_samples": cfg.num_samples,
                   "do_sample": True, "temperature": cfg.temperature, "top_p": cfg.top_p, "seed": cfg.seed}
-    scored = 0
+    scored = retried = 0
     with ThreadPoolExecutor(max_workers=8, thread_name_prefix="score") as pool:
         futures = []
         for label, model in specs:
@@ -132,7 +133,8 @@ def run_sampling(cfg: SampleConfig, log=print) -> dict:
             seconds[f"generate_{label}"] = time.perf_counter() - t
             log(f"[sample] {label}: {len(todo)} questions x {cfg.num_samples} samples generated in {seconds[f'generate_{label}']:.0f}s")
         for f in futures:
-            scored += f.result()
+            n, retries_used = f.result()
+            scored, retried = scored + n, retried + retries_used
     stats = handle.stats.remote().result()
     if not cfg.keep_serving:
         serve.delete(APP_NAME)
@@ -141,19 +143,25 @@ def run_sampling(cfg: SampleConfig, log=print) -> dict:
     df.to_parquet(out / "samples.parquet.tmp", index=False)
     (out / "samples.parquet.tmp").replace(out / "samples.parquet")
     atomic_write_jsonl(out / "samples.jsonl", df.to_dict(orient="records"))
-    new = df[df["scored_at"] > 0]
-    overlap = {
-        "first_score_at": float(new["scored_at"].min()),
-        "last_generation_finished_at": float(new["generated_at"].max()),
-    }
-    overlap["first_score_before_last_generation"] = overlap["first_score_at"] < overlap["last_generation_finished_at"]
+    new = df[df["scored_at"] >= started_at]  # rows scored by this run (a resumed run keeps older ones)
+    overlap = None
+    if len(new):
+        overlap = {
+            "generation_began_at": float(new["generation_started_at"].min()),
+            "first_score_at": float(new["scored_at"].min()),
+            "last_generation_finished_at": float(new["generated_at"].max()),
+        }
+        overlap["first_score_before_last_generation"] = overlap["first_score_at"] < overlap["last_generation_finished_at"]
     seconds["total"] = time.perf_counter() - started
-    manifest = {"config": asdict(cfg), "rows": len(df), "scored_this_run": scored, "resumed_pairs": len(done),
+    manifest = {"config": asdict(cfg), "rows": len(df), "scored_this_run": scored, "score_retries_used": retried, "resumed_pairs": len(done),
                 "overlap": overlap, "reward_batching": stats, "seconds": seconds, "versions": versions(),
                 "schema": SAMPLE_COLUMNS + TIMING_COLUMNS}
     atomic_write_json(out / "sample_manifest.json", manifest)
-    log(f"[sample] {len(df)} samples -> {out / 'samples.parquet'}; first score {overlap['first_score_at'] - new['generation_started_at'].min():.1f}s "
-        f"after generation began, last generation finished {overlap['last_generation_finished_at'] - new['generation_started_at'].min():.1f}s after")
+    log(f"[sample] {len(df)} samples ({scored} scored now) -> {out / 'samples.parquet'}")
+    if overlap:
+        t0 = overlap["generation_began_at"]
+        log(f"[sample] overlap: first score {overlap['first_score_at'] - t0:.1f}s after generation began; "
+            f"last generation finished at {overlap['last_generation_finished_at'] - t0:.1f}s")
     return {"samples": df, **manifest}
 
 

@@ -1,0 +1,179 @@
+"""Evaluation on Ray Data actors, sampling streamed into a real Ray Serve reward model, its HTTP API,
+resume and a reward replica killed mid-run. Everything runs on a real local Ray cluster."""
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from conftest import run_job
+
+MODELS = "small=tiny-gemma3-small,large=tiny-gemma3-large"
+
+
+def test_evaluate_writes_predictions_and_table1(full_data, tmp_path):
+    out = tmp_path / "eval"
+    run_job("evaluate.py", "--data-dir", str(full_data), "--models", MODELS, "--limit", "6", "--max-new-tokens", "48",
+            "--out-dir", str(out), timeout=900)
+    preds = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert len(preds) == 2 * 3 * 6
+    assert {(p["model"], p["dataset"]) for p in preds} == {(m, d) for m in ("small", "large")
+                                                          for d in ("gsm_symbolic_test", "gsm8k_same_templates", "gsm8k_non_overlapping")}
+    for p in preds:
+        assert p["correct"] == (p["pred"] == p["gold"]) and p["finish_reason"] in ("stop", "length")
+    header, *rows = (out / "table1_accuracy.csv").read_text().splitlines()
+    cols = header.split(",")
+    assert cols[:2] == ["model", "gsm-symbolic"] and "gsm8k-same_templates" in cols and "gsm8k-non_overlapping_ci_high" in cols
+    assert [r.split(",")[0] for r in rows] == ["large", "small"]
+    for r in rows:
+        values = dict(zip(cols, r.split(",")))
+        for c in ("gsm-symbolic", "gsm8k-same_templates", "gsm8k-non_overlapping"):
+            acc, low, high = float(values[c]), float(values[f"{c}_ci_low"]), float(values[f"{c}_ci_high"])
+            assert 0 <= low <= acc <= high <= 100 and high - low > 10  # 6 questions: a wide interval, shown
+    md = (out / "table1_accuracy.md").read_text()
+    assert "| model | gsm-symbolic | gsm8k-same_templates | gsm8k-non_overlapping |" in md
+
+
+def test_sample_and_score_streams_and_resumes(full_data, tmp_path):
+    out = tmp_path / "samples"
+    args = ["--data-dir", str(full_data), "--models", MODELS, "--limit", "6", "--num-samples", "4", "--max-new-tokens", "40",
+            "--questions-per-batch", "2", "--out-dir", str(out), "--serve-port", "8311"]
+    run_job("sample.py", *args, timeout=900)
+    import pandas as pd
+
+    df = pd.read_parquet(out / "samples.parquet")
+    assert len(df) == 2 * 6 * 4  # models x questions x N
+    assert df["reward"].notna().all() and df["reward"].map(lambda r: isinstance(r, float)).all()
+    assert not df.duplicated(["model", "question_id", "sample_idx"]).any()
+    assert sorted(df["sample_idx"].unique()) == [0, 1, 2, 3]
+    for col in ("model", "dataset", "question_id", "sample_idx", "question", "response", "pred", "gold", "correct",
+                "reward", "num_tokens", "finish_reason"):
+        assert col in df.columns
+    m = json.loads((out / "sample_manifest.json").read_text())
+    assert m["overlap"]["first_score_before_last_generation"] is True, m["overlap"]
+    assert m["scored_this_run"] == 48 and m["reward_batching"]["mean_batch_size"] > 1
+    jsonl_rows = (out / "samples.jsonl").read_text().splitlines()
+    assert len(jsonl_rows) == 48
+
+    # Resume: a finished run generates nothing; a lost part is regenerated alone, nothing scored twice.
+    run_job("sample.py", *args, timeout=900)
+    assert json.loads((out / "sample_manifest.json").read_text())["scored_this_run"] == 0
+    lost = sorted((out / "parts").glob("small-*.jsonl"))[0]
+    lost_rows = len(lost.read_text().splitlines())
+    lost.unlink()
+    run_job("sample.py", *args, timeout=900)
+    m = json.loads((out / "sample_manifest.json").read_text())
+    assert m["scored_this_run"] == lost_rows and m["rows"] == 48 and m["resumed_pairs"] == 12 - lost_rows // 4
+
+
+def test_analyze_reads_real_samples(full_data, tmp_path):
+    out = tmp_path / "samples"
+    run_job("sample.py", "--data-dir", str(full_data), "--models", "small=tiny-gemma3-small", "--limit", "4", "--num-samples", "2",
+            "--max-new-tokens", "24", "--out-dir", str(out), "--serve-port", "8312", timeout=900)
+    report = tmp_path / "report"
+    run_job("analyze.py", "--samples", str(out / "samples.parquet"), "--out", str(report), "--ns", "1,2")
+    assert (report / "table2_scaling.csv").read_text().splitlines()[0] == "model,dataset,strategy,n=1,n=2"
+
+
+# ----------------------------------------------------------------------------------------------
+# In-process Serve: HTTP API and a replica killed mid-run
+# ----------------------------------------------------------------------------------------------
+
+PORT = 8321
+
+
+@pytest.fixture(scope="module")
+def serve_cluster(full_data):
+    import ray
+    from ray import serve
+
+    from ray_app.models.registry import resolve_model_path
+    from ray_app.reward.serve_app import ServeSettings, deploy_reward_model
+    from ray_app.utils.ray_init import init_ray
+
+    init_ray()
+    path = resolve_model_path("tiny-llama-reward", corpus_file=str(full_data / "gsm_symbolic_train.jsonl"))
+    deploy_reward_model(ServeSettings(model_path=path, port=PORT, max_body_bytes=100_000, max_responses=64, num_cpus=0.5))
+    yield path
+    serve.shutdown()
+    ray.shutdown()
+
+
+URL = f"http://127.0.0.1:{PORT}/score"
+
+
+def test_http_good_request(serve_cluster):
+    r = requests.post(URL, json={"question": "Tom has 2 pens and buys 3. How many?", "responses": ["2+3=5\nFinal answer: 5.", "I think 7", "5"]}, timeout=60)
+    assert r.status_code == 200
+    scores = r.json()["scores"]
+    assert len(scores) == 3 and all(isinstance(s, float) for s in scores) and len(set(scores)) == 3
+
+
+def test_http_scores_match_the_scorer_run_directly(serve_cluster):
+    from ray_app.reward.scorer import RewardScorer
+
+    q, rs = "What is 6 x 7?", ["6 x 7 = 42\nFinal answer: 42.", "Final answer: 41."]
+    direct = RewardScorer(serve_cluster).score([q, q], rs)
+    served = requests.post(URL, json={"question": q, "responses": rs}, timeout=60).json()["scores"]
+    assert served == pytest.approx(direct, abs=1e-5)
+
+
+@pytest.mark.parametrize(
+    "body, status, message",
+    [
+        (b'{"question": "q", "responses": ["a"', 400, "not valid JSON"),
+        (b'{"responses": ["a"]}', 422, "missing field(s): question"),
+        (b'{"question": "q"}', 422, "missing field(s): responses"),
+        (b'{"question": "q", "responses": []}', 422, "'responses' is empty"),
+        (b'{"question": "q", "responses": [1, 2]}', 422, "list of strings"),
+        (b'["q", "a"]', 422, "expected a JSON object"),
+        (json.dumps({"question": "q", "responses": ["x" * 200_000]}).encode(), 413, "limit is 100000"),
+        (json.dumps({"question": "q", "responses": ["a"] * 65}).encode(), 413, "65 responses; the limit is 64"),
+    ],
+)
+def test_http_bad_payloads_get_4xx_and_the_server_keeps_serving(serve_cluster, body, status, message):
+    r = requests.post(URL, data=body, headers={"Content-Type": "application/json"}, timeout=60)
+    assert r.status_code == status, r.text
+    assert message in r.json()["error"]
+    ok = requests.post(URL, json={"question": "q", "responses": ["a"]}, timeout=60)
+    assert ok.status_code == 200 and len(ok.json()["scores"]) == 1
+
+
+def test_http_binds_to_loopback_only(serve_cluster):
+    import psutil
+
+    listeners = [c for c in psutil.net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN and c.laddr.port == PORT]
+    assert listeners and all(c.laddr.ip in ("127.0.0.1", "::1") for c in listeners)
+
+
+def test_killed_reward_replica_loses_no_score(serve_cluster, full_data, tmp_path):
+    """A reward replica is killed while samples stream in; every sample still gets exactly one score."""
+    import ray
+
+    from ray_app.config import SampleConfig
+    from ray_app.inference.sampling import run_sampling
+
+    cfg = SampleConfig(models="small=tiny-gemma3-small", data_dir=str(full_data), limit=16, num_samples=4, max_new_tokens=40,
+                       questions_per_batch=2, out_dir=str(tmp_path / "samples"), serve_port=PORT, reward_replicas=2,
+                       reward_num_cpus=0.5, reward_max_batch_size=8)
+    result: dict = {}
+    worker = threading.Thread(target=lambda: result.update(run_sampling(cfg, log=lambda *a: None)), daemon=True)
+    worker.start()
+    parts = Path(cfg.out_dir) / "parts"
+    deadline = time.time() + 600
+    while time.time() < deadline and len(list(parts.glob("*.jsonl"))) < 2:
+        time.sleep(0.2)
+    replicas = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                if a["namespace"] == "serve" and "REPLICA" in a["name"].upper() and "RewardModel" in a["name"]]
+    assert len(replicas) == 2, replicas
+    ray.kill(ray.get_actor(replicas[0], namespace="serve"), no_restart=True)
+    killed_at = time.time()
+    worker.join(timeout=900)
+    assert not worker.is_alive() and result, "sampling did not finish"
+    df = result["samples"]
+    assert len(df) == 16 * 4 and df["reward"].notna().all()
+    assert not df.duplicated(["model", "question_id", "sample_idx"]).any()
+    assert (df["scored_at"] > killed_at).any(), "nothing was scored after the kill: the drill came too late"
