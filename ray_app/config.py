@@ -158,7 +158,30 @@ class SampleConfig:
     keep_serving: bool = _f(False, "leave the reward endpoint up after sampling (Ctrl-C to stop)")
 
 
-SECTIONS: dict[str, type] = {"data": DataConfig, "sft": SFTConfig, "eval": EvalConfig, "sample": SampleConfig}
+@dataclass
+class PipelineConfig:
+    """The whole study in one command; the other sections of the preset supply everything else."""
+
+    out_dir: str = _f("outputs/pipeline", "folder for the study: data/, sft/, eval/, samples/ and report/")
+    small_model: str = _f("tiny-gemma3-small", "the small policy (stands for gemma-3-1b-it)")
+    large_model: str = _f("tiny-gemma3-large", "the large policy (stands for gemma-3-4b-it)")
+    small_max_steps: int = _f(-1, "SFT steps of the small model (-1: the sft section's epochs)")
+    large_max_steps: int = _f(-1, "SFT steps of the large model (-1: the sft section's epochs)")
+    large_per_device_batch_size: Optional[int] = _f(None, "per-device batch of the large model (default: the sft section's)")
+    large_zero_stage: Optional[int] = _f(None, "ZeRO stage of the large model (default: the sft section's)")
+    eval_limit: Optional[int] = _f(None, "questions per test set in evaluation (None: all 100)")
+    sample_limit: Optional[int] = _f(None, "questions sampled per model (None: all)")
+    max_new_tokens: Optional[int] = _f(None, "generation budget for evaluation and sampling (default: their sections')")
+    report_title: str = _f("GSM SFT and inference-time scaling study", "title of report/README.md")
+
+
+SECTIONS: dict[str, type] = {
+    "data": DataConfig,
+    "sft": SFTConfig,
+    "eval": EvalConfig,
+    "sample": SampleConfig,
+    "pipeline": PipelineConfig,
+}
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,12 +1,9 @@
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import GSM8K_TEST, ROOT, run_job
+from conftest import GSM8K_TEST, run_job
 from ray_app.data.gsm import (
     ROW_FIELDS,
     SPLITS,
