@@ -48,7 +48,7 @@ def generate_with_actors(rows: list[dict], label: str, model_path: str, cfg_acto
         GenerationActor,
         fn_constructor_kwargs={"label": label, "model_path": model_path, **cfg_actor},
         batch_size=batch_size,
-        concurrency=actors,
+        compute=ray.data.ActorPoolStrategy(size=actors),
         num_cpus=1,
         num_gpus=num_gpus,
     )

@@ -1,0 +1,42 @@
+"""The whole study with no arguments but an output folder: the embedded tiny preset on a local Ray cluster."""
+
+import csv
+import json
+
+import pytest
+
+from conftest import run_job
+
+pytestmark = pytest.mark.slow
+
+
+def test_default_pipeline_leaves_the_report(full_data, tmp_path):
+    out = tmp_path / "study"
+    proc = run_job("pipeline.py", "--out-dir", str(out), timeout=3000)
+    report = out / "report"
+    assert f"[pipeline] report: {report}/README.md" in proc.stdout
+    for name in ("table1_accuracy.csv", "table1_accuracy.md", "table2_scaling.csv", "table2_scaling.md", "table3_failures.csv",
+                 "table3_failures.md", "failure_modes.txt", "README.md", "pipeline_manifest.json"):
+        assert (report / name).stat().st_size > 0, name
+    for png in ("accuracy_vs_n.png", "unique_answers_dist.png", "loss_curve_small.png", "loss_curve_large.png"):
+        assert (report / png).stat().st_size > 5_000, png
+
+    with (report / "table1_accuracy.csv").open() as f:
+        table1 = {r["model"]: r for r in csv.DictReader(f)}
+    assert set(table1) == {"small-base", "small-sft", "large-base", "large-sft"}
+    with (report / "table2_scaling.csv").open() as f:
+        table2 = list(csv.DictReader(f))
+    assert {(r["model"], r["strategy"]) for r in table2} == {
+        (m, s) for m in ("small-base", "small-sft") for s in ("majority", "best_of_n", "weighted_majority", "pass@n")}
+    assert list(table2[0])[-4:] == ["n=1", "n=2", "n=4", "n=8"]
+
+    manifest = json.loads((report / "pipeline_manifest.json").read_text())
+    assert set(manifest["timings_s"]) == {"data", "sft_small", "sft_large", "evaluate", "sample_and_score", "analyze", "total"}
+    assert manifest["versions"]["ray"] and manifest["seeds"] == {"data": 1234, "sft": 1234, "sample": 1234}
+    assert manifest["sampling_overlap"]["first_score_before_last_generation"] is True
+    samples = json.loads((out / "samples" / "sample_manifest.json").read_text())
+    assert samples["rows"] == 2 * 30 * 8
+    # The fine-tuned small model learned the answer format; its base did not.
+    sft_manifest = json.loads((out / "sft" / "sft-tiny-gemma3-small" / "run_manifest.json").read_text())
+    losses = [h["loss"] for h in sft_manifest["log_history"] if "loss" in h]
+    assert losses[-1] < losses[0] / 2
