@@ -42,7 +42,7 @@ def main(argv=None) -> int:
     sections = {s: resolve_section(s, args.preset, args.config, {}) for s in ("data", "sft", "eval", "sample")}
 
     from ray_app.analysis.report import read_samples, write_report
-    from ray_app.data.gsm import build_gsm_datasets
+    from ray_app.data.gsm import build_from_config
     from ray_app.inference.evaluation import run_evaluation
     from ray_app.inference.sampling import run_sampling
     from ray_app.trainer.job import train_and_report
@@ -58,12 +58,7 @@ def main(argv=None) -> int:
 
     data_cfg = dataclasses.replace(sections["data"], out_dir=str(data_dir))
     with _stage("data", timings):
-        build_gsm_datasets(
-            out_dir=data_cfg.out_dir, gsm8k_source=data_cfg.gsm8k_source, seed=data_cfg.seed, train_size=data_cfg.train_size,
-            test_per_template=data_cfg.test_per_template, non_overlapping_size=data_cfg.non_overlapping_size,
-            num_templates=data_cfg.num_templates, symbolic_source=data_cfg.symbolic_source, cache_dir=data_cfg.cache_dir,
-            use_ray=data_cfg.use_ray, extra_manifest={"versions": versions()},
-        )
+        build_from_config(data_cfg, extra_manifest={"versions": versions()})
 
     base_sft = dataclasses.replace(sections["sft"], data_dir=str(data_dir), train_file=None, storage_path=str(out / "sft"),
                                    export_dir=None, encode_cache_dir=None, eval_after=False)

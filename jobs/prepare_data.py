@@ -15,7 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ray_app.config import parse_job_config, to_dict  # noqa: E402
-from ray_app.data.gsm import build_gsm_datasets  # noqa: E402
+from ray_app.data.gsm import build_from_config  # noqa: E402
 from ray_app.models.registry import MODEL_PRESETS, resolve_model_path  # noqa: E402
 from ray_app.utils.io import DataError  # noqa: E402
 from ray_app.utils.run_info import versions  # noqa: E402
@@ -39,19 +39,7 @@ def main(argv=None) -> int:
         init_ray()
     started = time.perf_counter()
     try:
-        report = build_gsm_datasets(
-            out_dir=cfg.out_dir,
-            gsm8k_source=cfg.gsm8k_source,
-            seed=cfg.seed,
-            train_size=cfg.train_size,
-            test_per_template=cfg.test_per_template,
-            non_overlapping_size=cfg.non_overlapping_size,
-            num_templates=cfg.num_templates,
-            symbolic_source=cfg.symbolic_source,
-            cache_dir=cfg.cache_dir,
-            use_ray=cfg.use_ray,
-            extra_manifest={"config_full": to_dict(cfg), "versions": versions()},
-        )
+        report = build_from_config(cfg, extra_manifest={"config_full": to_dict(cfg), "versions": versions()})
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

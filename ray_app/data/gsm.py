@@ -353,6 +353,16 @@ def build_gsm_datasets(
     return BuildReport(out_dir=str(out), files=files, counts={s: len(rows[s]) for s in SPLITS}, seconds=seconds)
 
 
+def build_from_config(cfg, extra_manifest: dict | None = None) -> BuildReport:
+    """`build_gsm_datasets` with every setting taken from a `DataConfig`."""
+    return build_gsm_datasets(
+        out_dir=cfg.out_dir, gsm8k_source=cfg.gsm8k_source, seed=cfg.seed, train_size=cfg.train_size,
+        test_per_template=cfg.test_per_template, non_overlapping_size=cfg.non_overlapping_size,
+        num_templates=cfg.num_templates, symbolic_source=cfg.symbolic_source, cache_dir=cfg.cache_dir,
+        use_ray=cfg.use_ray, extra_manifest=extra_manifest,
+    )
+
+
 def _load_hub_symbolic(num_templates: int | None) -> tuple[list[tuple[int, list[dict]]], dict]:
     """apple/GSM-Symbolic: 50 instances per template, grouped by template with `original_id`."""
     try:
