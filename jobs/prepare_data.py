@@ -27,7 +27,7 @@ def _extra(parser):
     parser.add_argument(
         "--build-models",
         default=",".join(EMBEDDED),
-        help="comma-separated embedded models to build from the new training data ('' for none)",
+        help=f"comma-separated embedded models to build from the new training data ('' for none) [default: {','.join(EMBEDDED)}]",
     )
 
 

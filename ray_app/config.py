@@ -117,33 +117,33 @@ class SFTConfig:
 
 
 @dataclass
-class EvalConfig:
+class GenerationConfig:
+    """What evaluation and sampling share: which models generate, on what, with which budget."""
+
     models: str = _f("base-small=tiny-gemma3-small", "comma-separated LABEL=MODEL (preset name, Hub id or local folder); LABEL= is optional")
     data_dir: str = _f("outputs/data", "folder with the test JSONL files (from jobs/prepare_data.py)")
-    datasets: str = _f("gsm_symbolic_test,gsm8k_same_templates,gsm8k_non_overlapping", "comma-separated test splits")
-    out_dir: str = _f("outputs/eval", "folder for predictions and Table 1")
     max_new_tokens: int = _f(256, "generation budget per answer")
-    batch_size: int = _f(32, "questions per generate() call on an actor")
     actors_per_model: int = _f(1, "Ray Data actors per model (one model each; one GPU each when the cluster has GPUs)")
     num_gpus_per_actor: Optional[float] = _f(None, "GPUs per generation actor; default 1 on GPU clusters, else 0")
     limit: Optional[int] = _f(None, "only the first K questions of each split (quick runs)")
 
 
 @dataclass
-class SampleConfig:
-    models: str = _f("base-small=tiny-gemma3-small", "comma-separated LABEL=MODEL to sample from")
-    data_dir: str = _f("outputs/data", "folder with the test JSONL files")
+class EvalConfig(GenerationConfig):
+    datasets: str = _f("gsm_symbolic_test,gsm8k_same_templates,gsm8k_non_overlapping", "comma-separated test splits")
+    out_dir: str = _f("outputs/eval", "folder for predictions and Table 1")
+    batch_size: int = _f(32, "questions per generate() call on an actor")
+
+
+@dataclass
+class SampleConfig(GenerationConfig):
     dataset: str = _f("gsm_symbolic_test", "test split to sample on")
     out_dir: str = _f("outputs/samples", "folder for samples.parquet/.jsonl, part files and the run manifest")
     num_samples: int = _f(8, "samples per question (N)")
     temperature: float = _f(0.7, "sampling temperature")
     top_p: float = _f(0.95, "nucleus sampling")
     seed: int = _f(1234, "sampling seed")
-    max_new_tokens: int = _f(256, "generation budget per sample")
     questions_per_batch: int = _f(4, "questions per Ray Data batch (x num_samples sequences per generate call)")
-    actors_per_model: int = _f(1, "generation actors per model")
-    num_gpus_per_actor: Optional[float] = _f(None, "GPUs per generation actor; default 1 on GPU clusters, else 0")
-    limit: Optional[int] = _f(None, "only the first K questions (quick runs)")
     reward_model: str = _f("tiny-llama-reward", "reward model: preset name, Hub id or local folder")
     reward_replicas: int = _f(1, "Serve replicas of the reward model (the minimum when autoscaling)")
     reward_num_cpus: float = _f(1.0, "CPUs per reward replica")
@@ -296,12 +296,14 @@ def apply_overrides(obj: Any, values: dict, where: str) -> Any:
     return dataclasses.replace(obj, **coerced)
 
 
-def _add_field_flags(parser: argparse.ArgumentParser, cls: type) -> None:
+def _add_field_flags(parser: argparse.ArgumentParser, cls: type, preset_values: dict) -> None:
     group = parser.add_argument_group(f"{cls.__name__} options (override the preset)")
     for f in dataclasses.fields(cls):
         flag = "--" + f.name.replace("_", "-")
         typ = _field_type(cls, f)
         default_text = f.default if f.default is not dataclasses.MISSING else "(factory)"
+        if f.name in preset_values and preset_values[f.name] != f.default:
+            default_text = f"{default_text}; {DEFAULT_PRESET} preset: {preset_values[f.name]}"
         help_text = f"{f.metadata.get('help', '')} [default: {default_text}]"
         if typ is bool:
             group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
@@ -310,14 +312,16 @@ def _add_field_flags(parser: argparse.ArgumentParser, cls: type) -> None:
 
 
 def build_parser(section: str, description: str, extra: callable = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument(
-        "--preset", default=DEFAULT_PRESET, help=f"YAML preset of ray_app/presets ({', '.join(available_presets())})"
+        "--preset",
+        default=DEFAULT_PRESET,
+        help=f"YAML preset of ray_app/presets ({', '.join(available_presets())}) [default: {DEFAULT_PRESET}]",
     )
     parser.add_argument("--config", default=None, help="a YAML file whose sections override the preset")
     if extra is not None:
         extra(parser)
-    _add_field_flags(parser, SECTIONS[section])
+    _add_field_flags(parser, SECTIONS[section], load_yaml(DEFAULT_PRESET).get(section) or {})
     return parser
 
 

@@ -131,3 +131,13 @@ def test_no_gsm8k_source_says_both_options(monkeypatch):
     assert "openai/gsm8k" in str(err.value) and "../shared/data/gsm8k/test.jsonl" in str(err.value)
     with pytest.raises(DataError, match="neither an existing JSONL file nor 'openai/gsm8k'"):
         load_gsm8k_test("/no/such/file.jsonl")
+
+
+def test_slow_templates_are_scheduled_first():
+    # Measured here: template 410 alone enumerates for ~3.5 minutes, 930 and 737 for about a minute,
+    # most take well under a second. The cost estimate must rank them ahead of the cheap ones.
+    costs = {t.id_orig: t.enumeration_cost for t in load_templates()}
+    assert len(costs) == 100 and sum(c > 0 for c in costs.values()) >= 50
+    ranked = sorted(costs, key=costs.get, reverse=True)
+    assert ranked[0] == 410 and {930, 737} <= set(ranked[:10])
+    assert costs[410] > 1000 * sorted(costs.values())[50]  # the median template is cheap

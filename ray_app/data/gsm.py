@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import random
 import time
@@ -48,6 +49,9 @@ class Template:
     index: int  # position in the package's sorted template list
     id_orig: int  # 0-based row of the GSM8K test split the template was made from
     toml_text: str
+    # Condition checks the package will run to enumerate this template's assignments (the
+    # size of its search space x its conditions): orders the Ray tasks, slowest first.
+    enumeration_cost: int = 0
 
 
 @dataclass
@@ -131,8 +135,25 @@ def load_templates(language: str = "eng") -> list[Template]:
     for index, path in enumerate(files):
         text = path.read_text(encoding="utf-8")
         template = mgs.AnnotatedQuestion.from_toml(path)
-        templates.append(Template(index=index, id_orig=int(template.id_orig), toml_text=text))
+        templates.append(Template(int(index), int(template.id_orig), text, _enumeration_cost(template)))
     return templates
+
+
+def _enumeration_cost(annotated) -> int:
+    """Search space x conditions of a template, computed without enumerating (0 if unknown).
+
+    Only used to schedule slow templates first, so a package change that breaks these private
+    calls costs speed, never correctness.
+    """
+    try:
+        from multilingual_gsm_symbolic import load_replacements
+
+        if not annotated.constrained_lines:
+            return 0
+        candidates = annotated._get_all_possible_assignments(annotated.constrained_lines, load_replacements(annotated.language))
+        return math.prod(len(v) for v in candidates.values()) * max(1, len(annotated._condition_asts))
+    except Exception:
+        return 0
 
 
 def _template_seed(seed: int, id_orig: int) -> int:
@@ -190,16 +211,23 @@ def _instantiate_all(
     import ray
 
     remote = ray.remote(num_cpus=1)(instantiate_template)
-    # Slowest templates first would be ideal, but we do not know them; Ray's queue keeps cores busy.
-    refs = [remote.remote(t, pool_size, seed, cache_dir) for t in templates]
-    index_of = {ref: i for i, ref in enumerate(refs)}
+    # Slowest first (longest-processing-time scheduling): one template takes minutes, and started
+    # last it would leave every other core idle while it runs.
+    order = sorted(range(len(templates)), key=lambda i: -templates[i].enumeration_cost)
+    refs = [remote.remote(templates[i], pool_size, seed, cache_dir) for i in order]
+    index_of = {ref: i for ref, i in zip(refs, order)}
     results: list[list[dict] | None] = [None] * len(refs)
     pending = list(refs)
-    with tqdm(total=len(refs), desc="templates (ray tasks)") as bar:
+    # The bar counts estimated condition checks, not templates: slowest first, a count would
+    # crawl for minutes and then jump, and its time estimate would be meaningless.
+    work = [templates[i].enumeration_cost + 100_000 for i in range(len(templates))]
+    with tqdm(total=sum(work), desc="templates (ray tasks)", unit="checks", unit_scale=True) as bar:
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
-            results[index_of[done[0]]] = ray.get(done[0])
-            bar.update(1)
+            i = index_of[done[0]]
+            results[i] = ray.get(done[0])
+            bar.update(work[i])
+            bar.set_postfix(templates=f"{sum(r is not None for r in results)}/{len(results)}")
     return results  # type: ignore[return-value]
 
 

@@ -3,7 +3,8 @@
     POST /score  {"question": str, "responses": [str, ...]}  ->  {"scores": [float, ...]}
 
 Every (question, response) pair is one call of a `@serve.batch` method, so pairs from all callers
-(sampler batches, HTTP requests) are scored together in batches of up to `max_batch_size`.
+(sampler batches, HTTP requests) are scored together in batches of up to `max_batch_size`; within
+a batch, responses to the same question share one forward pass over the prompt (see scorer.py).
 Bad payloads get a 4xx with a message; the replica keeps serving.
 """
 
@@ -84,13 +85,17 @@ class RewardModel:
         self._score_pair.set_max_batch_size(self.settings.max_batch_size)
         self._score_pair.set_batch_wait_timeout_s(self.settings.batch_wait_timeout_s)
         self.batch_sizes: list[int] = []
+        self.compute_seconds = 0.0  # time inside the scorer: with wall time, how busy the replica was
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
     async def _score_pair(self, pairs: list[tuple[str, str]]) -> list[float]:
         self.batch_sizes.append(len(pairs))
         questions, responses = zip(*pairs)
         # The forward pass is synchronous; run it off the event loop so requests keep queueing.
-        return await asyncio.get_running_loop().run_in_executor(None, self.scorer.score, list(questions), list(responses), len(pairs))
+        started = time.perf_counter()
+        scores = await asyncio.get_running_loop().run_in_executor(None, self.scorer.score, list(questions), list(responses), len(pairs))
+        self.compute_seconds += time.perf_counter() - started
+        return scores
 
     async def score(self, questions: list[str], responses: list[str]) -> dict:
         """Handle API: scores for aligned lists, with when and where they were computed."""
@@ -100,7 +105,14 @@ class RewardModel:
         return {"scores": list(scores), "scored_at": time.time(), "replica_pid": os.getpid()}
 
     def stats(self) -> dict:
-        return {"batches": len(self.batch_sizes), "mean_batch_size": sum(self.batch_sizes) / max(1, len(self.batch_sizes)), "pid": os.getpid()}
+        return {
+            "batches": len(self.batch_sizes),
+            "mean_batch_size": sum(self.batch_sizes) / max(1, len(self.batch_sizes)),
+            "pid": os.getpid(),
+            "compute_seconds": round(self.compute_seconds, 3),
+            "torch_threads": __import__("torch").get_num_threads(),
+            "scoring": self.scorer.stats.as_dict(),  # prefix sharing: tokens a pair-by-pair scorer would run vs ran
+        }
 
     @http_app.post("/score")
     async def http_score(self, request: Request):
