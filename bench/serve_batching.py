@@ -46,19 +46,19 @@ def workload_from_samples(path: str, questions: int, n: int) -> tuple[list[str],
 
     df = read_samples(path)
     df = df[df["sample_idx"] < n].sort_values(["model", "question_id", "sample_idx"])
-    keys = list(dict.fromkeys(zip(df["model"], df["question_id"])))[:questions]
-    df = df[[k in set(keys) for k in zip(df["model"], df["question_id"])]]
+    keys = set(list(dict.fromkeys(zip(df["model"], df["question_id"])))[:questions])
+    df = df[[k in keys for k in zip(df["model"], df["question_id"])]]
     return df["question"].tolist(), df["response"].tolist()
 
 
 def in_process(path: str, questions: list[str], responses: list[str], args, source: str) -> int:
-    from ray_app.reward.scorer import RewardScorer
+    from ray_app.reward.scorer import RewardScorer, ScoringStats
 
     rows = []
     for name, scorer, batch in (("pair by pair", RewardScorer(path, share_prefixes=False), 1),
                                 (f"batched x{args.max_batch_size}", RewardScorer(path), args.max_batch_size)):
         scorer.score(questions[:2], responses[:2])  # warm-up
-        scorer.stats = type(scorer.stats)()
+        scorer.stats = ScoringStats()  # count the timed run only
         started = time.perf_counter()
         scores = scorer.score(questions, responses, batch_size=batch)
         rows.append((name, time.perf_counter() - started, scorer.stats.as_dict()["token_saving"], scores, scorer.device))

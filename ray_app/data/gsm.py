@@ -49,9 +49,6 @@ class Template:
     index: int  # position in the package's sorted template list
     id_orig: int  # 0-based row of the GSM8K test split the template was made from
     toml_text: str
-    # Condition checks the package will run to enumerate this template's assignments (the
-    # size of its search space x its conditions): orders the Ray tasks, slowest first.
-    enumeration_cost: int = 0
 
 
 @dataclass
@@ -135,19 +132,36 @@ def load_templates(language: str = "eng") -> list[Template]:
     for index, path in enumerate(files):
         text = path.read_text(encoding="utf-8")
         template = mgs.AnnotatedQuestion.from_toml(path)
-        templates.append(Template(int(index), int(template.id_orig), text, _enumeration_cost(template)))
+        templates.append(Template(index=index, id_orig=int(template.id_orig), toml_text=text))
     return templates
 
 
-def _enumeration_cost(annotated) -> int:
-    """Search space x conditions of a template, computed without enumerating (0 if unknown).
+def _parse(template: Template):
+    """The package's AnnotatedQuestion for a template, parsed from the text that travelled with it."""
+    import tempfile
 
-    Only used to schedule slow templates first, so a package change that breaks these private
-    calls costs speed, never correctness.
+    from multilingual_gsm_symbolic import AnnotatedQuestion
+
+    # from_toml wants a path; parsing the carried text keeps the cache key and the instances
+    # coming from exactly the same bytes.
+    with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False, encoding="utf-8") as f:
+        f.write(template.toml_text)
+    try:
+        return AnnotatedQuestion.from_toml(f.name)
+    finally:
+        os.unlink(f.name)
+
+
+def enumeration_cost(template: Template) -> int:
+    """Condition checks the package will run to enumerate a template (search space x conditions).
+
+    Computed without enumerating (0 if unknown); only used to schedule slow templates first, so a
+    package change that breaks these private calls costs speed, never correctness.
     """
     try:
         from multilingual_gsm_symbolic import load_replacements
 
+        annotated = _parse(template)
         if not annotated.constrained_lines:
             return 0
         candidates = annotated._get_all_possible_assignments(annotated.constrained_lines, load_replacements(annotated.language))
@@ -167,25 +181,22 @@ def symbolic_package_version() -> str:
     return version(SYMBOLIC_PACKAGE)
 
 
+def _cache_path(template: Template, pool_size: int, seed: int, cache_dir: str | None) -> Path | None:
+    if not cache_dir:
+        return None
+    key = sha256_text(template.toml_text, symbolic_package_version(), str(pool_size), str(seed))
+    return Path(cache_dir).expanduser() / f"{template.id_orig:04d}-{key[:16]}.json"
+
+
 def instantiate_template(template: Template, pool_size: int, seed: int, cache_dir: str | None) -> list[dict]:
     """`pool_size` seeded instances of one template as [{question, answer}], cached by content hash."""
-    key = sha256_text(template.toml_text, symbolic_package_version(), str(pool_size), str(seed))
-    cache_path = Path(cache_dir).expanduser() / f"{template.id_orig:04d}-{key[:16]}.json" if cache_dir else None
+    cache_path = _cache_path(template, pool_size, seed, cache_dir)
     if cache_path is not None and cache_path.is_file():
         return json.loads(cache_path.read_text(encoding="utf-8"))
 
-    import tempfile
+    from multilingual_gsm_symbolic import load_replacements
 
-    from multilingual_gsm_symbolic import AnnotatedQuestion, load_replacements
-
-    # from_toml wants a path; the text travelled to this task so that the cache key and the
-    # instances come from exactly the same bytes.
-    with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False, encoding="utf-8") as f:
-        f.write(template.toml_text)
-    try:
-        annotated = AnnotatedQuestion.from_toml(f.name)
-    finally:
-        os.unlink(f.name)
+    annotated = _parse(template)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         questions = annotated.generate_questions(
@@ -213,21 +224,26 @@ def _instantiate_all(
     remote = ray.remote(num_cpus=1)(instantiate_template)
     # Slowest first (longest-processing-time scheduling): one template takes minutes, and started
     # last it would leave every other core idle while it runs.
-    order = sorted(range(len(templates)), key=lambda i: -templates[i].enumeration_cost)
+    # Cached templates cost nothing; the others are estimated (0.3 s for all 100) only when built.
+    costs = []
+    for t in templates:
+        path = _cache_path(t, pool_size, seed, cache_dir)
+        costs.append(0 if path is not None and path.is_file() else enumeration_cost(t))
+    order = sorted(range(len(templates)), key=lambda i: -costs[i])
     refs = [remote.remote(templates[i], pool_size, seed, cache_dir) for i in order]
     index_of = {ref: i for ref, i in zip(refs, order)}
     results: list[list[dict] | None] = [None] * len(refs)
     pending = list(refs)
     # The bar counts estimated condition checks, not templates: slowest first, a count would
     # crawl for minutes and then jump, and its time estimate would be meaningless.
-    work = [templates[i].enumeration_cost + 100_000 for i in range(len(templates))]
+    work = [cost + 100_000 for cost in costs]
     with tqdm(total=sum(work), desc="templates (ray tasks)", unit="checks", unit_scale=True) as bar:
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
             i = index_of[done[0]]
             results[i] = ray.get(done[0])
             bar.update(work[i])
-            bar.set_postfix(templates=f"{sum(r is not None for r in results)}/{len(results)}")
+            bar.set_postfix(templates=f"{len(refs) - len(pending)}/{len(refs)}")
     return results  # type: ignore[return-value]
 
 

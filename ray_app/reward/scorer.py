@@ -13,7 +13,7 @@ positions never see what follows them). Rows are batched by length so that paddi
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Sequence
 
 from ray_app.data.prompts import ANSWER_PREFIX, build_gsm_prompt
@@ -70,7 +70,6 @@ class ScoringStats:
     shared_groups: int = 0
     tokens_in_pairs: int = 0  # what scoring every pair separately would run
     tokens_run: int = 0  # what was actually run
-    group_sizes: list[int] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return {
@@ -186,7 +185,6 @@ class RewardScorer:
 
         base = self.model.base_model
         self.stats.shared_groups += 1
-        self.stats.group_sizes.append(sum(len(c) for c in chunks))
         self.stats.tokens_run += len(prefix)
         results = []
         with torch.no_grad():

@@ -105,12 +105,14 @@ class RewardModel:
         return {"scores": list(scores), "scored_at": time.time(), "replica_pid": os.getpid()}
 
     def stats(self) -> dict:
+        import torch
+
         return {
             "batches": len(self.batch_sizes),
             "mean_batch_size": sum(self.batch_sizes) / max(1, len(self.batch_sizes)),
             "pid": os.getpid(),
             "compute_seconds": round(self.compute_seconds, 3),
-            "torch_threads": __import__("torch").get_num_threads(),
+            "torch_threads": torch.get_num_threads(),
             "scoring": self.scorer.stats.as_dict(),  # prefix sharing: tokens a pair-by-pair scorer would run vs ran
         }
 
