@@ -19,6 +19,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from ray_app import cli, storage  # noqa: E402
+
 
 @dataclass
 class EncodeSettings:
@@ -34,7 +36,8 @@ class EncodeSettings:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--train-file", default="outputs/data/gsm_symbolic_train.jsonl")
+    parser.add_argument("--train-file", default=None, help="training JSONL [default: STORAGE_ROOT/data/gsm_symbolic_train.jsonl, built when missing]")
+    parser.add_argument("--storage-root", default=None, help=cli.ROOT_HELP)
     parser.add_argument("--tokenizer", default=str(ROOT.parent / "shared/tokenizers/gemma-3"), help="tokenizer folder or Hub id")
     parser.add_argument("--num-proc", default="1,2", help="comma-separated num_proc values; the first is the baseline")
     parser.add_argument("--repeats", type=int, default=2)
@@ -45,6 +48,9 @@ def main(argv=None) -> int:
 
     from ray_app.data.encoding import load_and_prepare_train_dataset
 
+    if args.train_file is None:
+        args.train_file = storage.join(cli.bench_data_dir(None, args.storage_root, use_ray=False), "gsm_symbolic_train.jsonl")
+    args.train_file = str(storage.local_copy(args.train_file))
     datasets.disable_progress_bars()
     datasets.disable_caching()
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)

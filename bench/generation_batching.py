@@ -16,11 +16,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from ray_app import cli, storage  # noqa: E402
+
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="tiny-gemma3-small", help="preset name or Hugging Face folder")
-    parser.add_argument("--data-dir", default="outputs/data")
+    parser.add_argument("--data-dir", default=None, help=cli.DATA_DIR_HELP)
+    parser.add_argument("--storage-root", default=None, help=cli.ROOT_HELP)
     parser.add_argument("--questions", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-new-tokens", type=int, default=64)
@@ -30,10 +33,11 @@ def main(argv=None) -> int:
 
     from ray_app.data.gsm import load_split
     from ray_app.generation import generate, load_policy
-    from ray_app.models.registry import resolve_model_path
+    from ray_app.models.registry import materialize_model
 
     torch.manual_seed(0)
-    path = resolve_model_path(args.model, corpus_file=str(Path(args.data_dir) / "gsm_symbolic_train.jsonl"))
+    args.data_dir = cli.bench_data_dir(args.data_dir, args.storage_root, use_ray=False)
+    path = materialize_model(args.model, corpus_file=storage.join(args.data_dir, "gsm_symbolic_train.jsonl"))
     tokenizer, model = load_policy(path)
     questions = [r["question"] for r in load_split(args.data_dir, "gsm_symbolic_test")[: args.questions]]
     generate(model, tokenizer, questions[:2], max_new_tokens=4, batch_size=2)  # warm-up

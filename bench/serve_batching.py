@@ -25,6 +25,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from ray_app import cli, storage  # noqa: E402
+
 
 def workload_from_data(data_dir: str, questions: int, n: int) -> tuple[list[str], list[str]]:
     from ray_app.data.gsm import load_split
@@ -76,7 +78,8 @@ def in_process(path: str, questions: list[str], responses: list[str], args, sour
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--reward-model", default="tiny-llama-reward")
-    parser.add_argument("--data-dir", default="outputs/data")
+    parser.add_argument("--data-dir", default=None, help=cli.DATA_DIR_HELP)
+    parser.add_argument("--storage-root", default=None, help=cli.ROOT_HELP)
     parser.add_argument("--samples", default=None, help="samples.parquet/.jsonl from jobs/sample.py (real responses)")
     parser.add_argument("--questions", type=int, default=64)
     parser.add_argument("--n", type=int, default=8, help="responses per question (Best-of-N's N)")
@@ -87,15 +90,21 @@ def main(argv=None) -> int:
                         help="no Ray: the scorer alone, pair by pair vs batched (runs where Ray is not installed, e.g. a GPU box)")
     args = parser.parse_args(argv)
 
-    from ray_app.models.registry import resolve_model_path
+    from ray_app.models.registry import materialize_model
 
+    if not args.in_process:
+        from ray_app.utils.ray_init import init_ray
+
+        init_ray()
+    args.data_dir = cli.bench_data_dir(args.data_dir, args.storage_root, use_ray=not args.in_process)
     if args.samples:
         questions, responses = workload_from_samples(args.samples, args.questions, args.n)
         source = f"responses from {args.samples}"
     else:
         questions, responses = workload_from_data(args.data_dir, args.questions, args.n)
         source = "same-template worked answers as responses"
-    path = resolve_model_path(args.reward_model, corpus_file=str(Path(args.data_dir) / "gsm_symbolic_train.jsonl"))
+    corpus = storage.join(args.data_dir, "gsm_symbolic_train.jsonl")
+    path = materialize_model(args.reward_model, corpus_file=corpus)
     if args.in_process:
         return in_process(path, questions, responses, args, source)
 
@@ -109,7 +118,7 @@ def main(argv=None) -> int:
 
     results = {}
     for name, max_batch in (("max_batch_size=1", 1), (f"max_batch_size={args.max_batch_size}", args.max_batch_size)):
-        handle = deploy_reward_model(ServeSettings(model_path=path, port=args.port, max_batch_size=max_batch,
+        handle = deploy_reward_model(ServeSettings(model_path=args.reward_model, corpus_file=corpus, port=args.port, max_batch_size=max_batch,
                                                    max_ongoing_requests=256, batch_wait_timeout_s=0.005))
         handle.score.remote(questions[:2], responses[:2]).result()  # warm-up
         before = handle.stats.remote().result()

@@ -29,6 +29,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from ray_app import cli, storage  # noqa: E402
+from ray_app.models.registry import materialize_model  # noqa: E402
+
 
 def _live_storages(device_type: str) -> dict[int, int]:
     import gc
@@ -76,7 +79,7 @@ def measure_worker(config: dict) -> None:
         torch.manual_seed(0)
         a = _live_storages(device_type)
         bf16 = config["precision"] == "bf16"
-        model = AutoModelForCausalLM.from_pretrained(config["model_path"], dtype=torch.bfloat16 if bf16 else torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(materialize_model(config["model"], config["corpus"]), dtype=torch.bfloat16 if bf16 else torch.float32)
         num_params = sum(p.numel() for p in model.parameters())
         hidden = model.config.hidden_size
         ds = deepspeed_config(SFTConfig(zero_stage=stage), on_gpu=on_gpu)
@@ -123,7 +126,8 @@ def measure_worker(config: dict) -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("--model", default="tiny-gemma3-large", help="embedded model preset or local HF folder")
-    parser.add_argument("--data-dir", default="outputs/data", help="where gsm_symbolic_train.jsonl is (the embedded tokenizer's corpus)")
+    parser.add_argument("--data-dir", default=None, help=cli.DATA_DIR_HELP + " (the embedded tokenizer's corpus)")
+    parser.add_argument("--storage-root", default=None, help=cli.ROOT_HELP)
     parser.add_argument("--stages", default="0,2,3", help="ZeRO stages to measure")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--precision", choices=["bf16", "fp32"], default="bf16",
@@ -135,12 +139,11 @@ def main(argv=None) -> int:
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from ray_app.models.registry import resolve_model_path
     from ray_app.trainer.memory import model_state_bytes
     from ray_app.utils.ray_init import init_ray
 
     init_ray()
-    model_path = resolve_model_path(args.model, corpus_file=str(Path(args.data_dir) / "gsm_symbolic_train.jsonl"))
+    corpus = storage.join(cli.bench_data_dir(args.data_dir, args.storage_root, use_ray=True), "gsm_symbolic_train.jsonl")
     stages = [int(s) for s in args.stages.split(",")]
     use_gpu = ray.cluster_resources().get("GPU", 0) >= args.workers
     per_rank: list[dict] = [{} for _ in range(args.workers)]
@@ -149,7 +152,7 @@ def main(argv=None) -> int:
         with tempfile.TemporaryDirectory() as out_dir:
             trainer = TorchTrainer(
                 measure_worker,
-                train_loop_config={"model_path": model_path, "stages": [stage], "out_dir": out_dir, "precision": args.precision},
+                train_loop_config={"model": args.model, "corpus": corpus, "stages": [stage], "out_dir": out_dir, "precision": args.precision},
                 scaling_config=ray.train.ScalingConfig(num_workers=args.workers, use_gpu=use_gpu),
                 run_config=ray.train.RunConfig(name=f"bench-zero-{stage}", storage_path=str(Path(out_dir, "ray").resolve())),
                 torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),

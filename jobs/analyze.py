@@ -1,49 +1,71 @@
 #!/usr/bin/env python
 """Majority vote vs Best-of-N vs reward-weighted vote vs pass@n, and where each fails.
 
-    python jobs/analyze.py --samples outputs/samples/samples.parquet --out outputs/report
+examples:
+  python jobs/analyze.py                                  # <root>/samples/samples.parquet -> <root>/report
+  python jobs/analyze.py --samples pipeline/samples/samples.parquet --out pipeline/report-again
+  python jobs/analyze.py --storage-root s3://my-bucket/gsm
 
 Writes table2_scaling.csv/.md (rows model x strategy, columns n), table3_failures.csv/.md,
 unique_answers_dist.png, accuracy_vs_n.png, failure_modes.txt and analysis_manifest.json.
+Relative paths are under the storage root (--storage-root, $RAY_APP_STORAGE_ROOT or ~/ray-app-gsm).
 Ties are broken deterministically: the answer (or sample) that appears first wins.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from ray_app import cli, storage  # noqa: E402
 from ray_app.analysis.report import read_samples, to_markdown, write_report  # noqa: E402
-from ray_app.utils.io import DataError, atomic_write_json, sha256_file  # noqa: E402
+from ray_app.utils.fingerprint import fingerprint  # noqa: E402
 from ray_app.utils.run_info import versions  # noqa: E402
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--samples", required=True, help="samples file (.parquet or .jsonl) from jobs/sample.py")
-    parser.add_argument("--out", required=True, help="folder for tables, plots and traces")
-    parser.add_argument("--ns", default="1,2,4,8", help="sample counts n to evaluate each strategy at")
+    description, _, epilog = __doc__.strip().partition("\n\n")
+    parser = argparse.ArgumentParser(description=description, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--samples", default="samples/samples.parquet", help="samples file (.parquet or .jsonl) from jobs/sample.py [default: %(default)s]")
+    parser.add_argument("--out", default="report", help="folder for tables, plots and traces [default: %(default)s]")
+    parser.add_argument("--ns", default="1,2,4,8", help="sample counts n to evaluate each strategy at [default: %(default)s]")
+    parser.add_argument("--storage-root", default=None, help=f"root for relative paths [default: ${storage.ROOT_ENV} or {storage.DEFAULT_ROOT}]")
     args = parser.parse_args(argv)
-    started = time.perf_counter()
     try:
-        ns = [int(n) for n in args.ns.split(",")]
-        df = read_samples(args.samples)
-    except (DataError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    result = write_report(df, args.out, ns)
-    atomic_write_json(Path(args.out) / "analysis_manifest.json", {
-        "samples": str(args.samples), "samples_sha256": sha256_file(args.samples), "rows": len(df),
-        "ns": ns, "files": result["paths"], "seconds": time.perf_counter() - started, "versions": versions(),
-        "tie_break": "lowest sample_idx (first seen) wins",
-    })
+        args.storage_root = storage.resolve_root(args.storage_root)
+    except storage.StorageError as e:
+        parser.error(str(e))
+    return cli.run(lambda: _main(args))
+
+
+def _main(args) -> int:
+    started = time.perf_counter()
+    cli.start(args)
+    samples, out = storage.under_root(args.storage_root, args.samples), storage.under_root(args.storage_root, args.out)
+    ns = [int(n) for n in args.ns.split(",")]
+    df = read_samples(samples)
+    samples_sha = hashlib.sha256(storage.read_bytes(samples)).hexdigest()
+    with tempfile.TemporaryDirectory(prefix="ray_app_report_") as tmp:
+        local_out = out if not storage.is_uri(out) else tmp
+        result = write_report(df, local_out, ns)
+        settings = {"samples_sha256": samples_sha, "ns": ns}
+        storage.write_json(storage.join(local_out, "analysis_manifest.json"), {
+            "samples": samples, "samples_sha256": samples_sha, "rows": len(df), "settings": settings,
+            "config_fingerprint": fingerprint(settings), "ns": ns, "files": result["paths"],
+            "seconds": time.perf_counter() - started, "versions": versions(), "tie_break": "lowest sample_idx (first seen) wins",
+        })
+        if storage.is_uri(out):
+            storage.upload_dir(tmp, out)
     print(to_markdown(result["failures"]))
     for name, path in result["paths"].items():
-        print(f"[analyze] {name:26s} {path}")
+        print(f"[analyze] {name:26s} {storage.join(out, Path(path).name)}")
+    print(f"[analyze] done: tables and plots -> {out}")
     return 0
 
 

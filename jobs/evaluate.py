@@ -1,33 +1,42 @@
 #!/usr/bin/env python
 """Greedy evaluation of models on the three test sets: per-example predictions and Table 1.
 
-    python jobs/evaluate.py --models base=tiny-gemma3-small,sft=outputs/sft/sft-tiny-gemma3-small/final_model
-    ray job submit --working-dir . -- python jobs/evaluate.py --preset gemma3-1b --models google/gemma-3-1b-it
+examples:
+  python jobs/evaluate.py --models base=tiny-gemma3-small,sft=sft/sft-tiny-gemma3-small/final_model
+  python jobs/evaluate.py --storage-root s3://my-bucket/gsm --models sft=sft/sft-tiny-gemma3-small/final_model
+  ray job submit --working-dir . -- python jobs/evaluate.py --preset gemma3-1b --models google/gemma-3-1b-it
+
+MODEL is a preset name, a Hub id, a URI, or a folder; relative folders are under the storage root
+(--storage-root, $RAY_APP_STORAGE_ROOT or ~/ray-app-gsm), where jobs/sft.py exports its models.
+Writes <root>/eval/predictions.jsonl, table1_accuracy.csv/.md and eval_manifest.json.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from ray_app import cli  # noqa: E402
 from ray_app.config import parse_job_config  # noqa: E402
-from ray_app.utils.io import DataError  # noqa: E402
 
 
 def main(argv=None) -> int:
-    cfg, _ = parse_job_config("eval", __doc__.split("\n\n")[0], argv)
-    from ray_app.inference.evaluation import run_evaluation
-    from ray_app.utils.ray_init import init_ray
+    cfg, args = parse_job_config("eval", __doc__, argv)
+    return cli.run(lambda: _main(cfg, args))
 
-    init_ray()
-    try:
-        run_evaluation(cfg)
-    except (DataError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"[eval] wrote {cfg.out_dir}/table1_accuracy.csv, table1_accuracy.md, predictions.jsonl")
+
+def _main(cfg, args) -> int:
+    from ray_app.inference.evaluation import run_evaluation
+    from ray_app.models.registry import resolve_model_specs
+
+    root = cli.start(args)
+    cfg = dataclasses.replace(cfg, models=resolve_model_specs(cfg.models, root))
+    cli.connect_ray()
+    cli.ensure_data(cfg.data_dir, args)
+    run_evaluation(cfg)
     return 0
 
 

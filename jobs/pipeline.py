@@ -1,12 +1,13 @@
 #!/usr/bin/env python
-"""The whole study in one command: data -> SFT of both models -> evaluate 4 models -> sample + score
-the small base and SFT models -> analyse -> a report folder.
+"""The whole study in one command: data -> SFT of both models -> evaluate 4 models -> sample + score the small base and SFT models -> analyse -> a report folder.
 
-    python jobs/pipeline.py                                  # embedded tiny preset, local Ray, ~15 min on 2 cores
-    ray job submit --working-dir . --runtime-env-json '{"excludes": ["outputs/"]}' \\
-        -- python jobs/pipeline.py --preset gemma3-1b --out-dir s3://... (data and storage on shared paths)
+examples:
+  python jobs/pipeline.py                                  # embedded tiny preset, local Ray, ~15 min on 2 cores
+  python jobs/pipeline.py --storage-root s3://my-bucket/gsm
+  ray job submit --working-dir . -- python jobs/pipeline.py --preset gemma3-1b --storage-root s3://my-bucket/gsm
 
-The report folder holds Table 1 (greedy accuracy), Table 2 (scaling with n), Table 3 (failures),
+Everything goes to <root>/pipeline/ (root: --storage-root, $RAY_APP_STORAGE_ROOT or ~/ray-app-gsm):
+data/, sft/, eval/, samples/ and report/. The report folder holds Table 1 (greedy accuracy), Table 2 (scaling with n), Table 3 (failures),
 the plots, the SFT loss curves, README.md with everything in one page, and pipeline_manifest.json
 (config of every stage, versions, seeds, timings per stage).
 """
@@ -14,13 +15,14 @@ the plots, the SFT loss curves, README.md with everything in one page, and pipel
 from __future__ import annotations
 
 import dataclasses
-import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from ray_app import cli, storage  # noqa: E402
 from ray_app.config import parse_job_config, resolve_section, to_dict  # noqa: E402
 
 
@@ -38,7 +40,11 @@ def _stage(name: str, timings: dict):
 
 
 def main(argv=None) -> int:
-    pcfg, args = parse_job_config("pipeline", __doc__.split("\n\n")[0], argv)
+    pcfg, args = parse_job_config("pipeline", __doc__, argv)
+    return cli.run(lambda: _main(pcfg, args))
+
+
+def _main(pcfg, args) -> int:
     sections = {s: resolve_section(s, args.preset, args.config, {}) for s in ("data", "sft", "eval", "sample")}
 
     from ray_app.analysis.report import read_samples, write_report
@@ -46,21 +52,20 @@ def main(argv=None) -> int:
     from ray_app.inference.evaluation import run_evaluation
     from ray_app.inference.sampling import run_sampling
     from ray_app.trainer.job import train_and_report
-    from ray_app.utils.io import atomic_write_json, atomic_write_text
-    from ray_app.utils.ray_init import init_ray
     from ray_app.utils.run_info import versions
 
     started = time.perf_counter()
-    out = Path(pcfg.out_dir)
-    data_dir, report = out / "data", out / "report"
+    cli.start(args)
+    out = pcfg.out_dir
+    data_dir, report = storage.join(out, "data"), storage.join(out, "report")
     timings: dict[str, float] = {}
-    init_ray()
+    cli.connect_ray()
 
-    data_cfg = dataclasses.replace(sections["data"], out_dir=str(data_dir))
+    data_cfg = dataclasses.replace(sections["data"], out_dir=data_dir)
     with _stage("data", timings):
         build_from_config(data_cfg, extra_manifest={"versions": versions()})
 
-    base_sft = dataclasses.replace(sections["sft"], data_dir=str(data_dir), train_file=None, storage_path=str(out / "sft"),
+    base_sft = dataclasses.replace(sections["sft"], data_dir=data_dir, train_file=None, storage_path=storage.join(out, "sft"),
                                    export_dir=None, encode_cache_dir=None, eval_after=False)
     sft_cfgs = {
         "small": dataclasses.replace(base_sft, model=pcfg.small_model, run_name=f"sft-{pcfg.small_model}",
@@ -80,7 +85,7 @@ def main(argv=None) -> int:
         "large-base": pcfg.large_model, "large-sft": exports["large"],
     }
     eval_cfg = dataclasses.replace(
-        sections["eval"], data_dir=str(data_dir), out_dir=str(out / "eval"), limit=pcfg.eval_limit,
+        sections["eval"], data_dir=data_dir, out_dir=storage.join(out, "eval"), limit=pcfg.eval_limit,
         models=",".join(f"{k}={v}" for k, v in labels.items()),
         max_new_tokens=pcfg.max_new_tokens or sections["eval"].max_new_tokens,
     )
@@ -88,34 +93,39 @@ def main(argv=None) -> int:
         run_evaluation(eval_cfg)
 
     sample_cfg = dataclasses.replace(
-        sections["sample"], data_dir=str(data_dir), out_dir=str(out / "samples"), limit=pcfg.sample_limit,
+        sections["sample"], data_dir=data_dir, out_dir=storage.join(out, "samples"), limit=pcfg.sample_limit,
         models=f"small-base={labels['small-base']},small-sft={labels['small-sft']}",
         max_new_tokens=pcfg.max_new_tokens or sections["sample"].max_new_tokens,
     )
     with _stage("sample_and_score", timings):
         sampled = run_sampling(sample_cfg)
 
-    with _stage("analyze", timings):
-        analysis = write_report(read_samples(out / "samples" / "samples.parquet"), report)
-
-    for name in ("table1_accuracy.csv", "table1_accuracy.md"):
-        shutil.copy(out / "eval" / name, report / name)
-    for size, cfg in sft_cfgs.items():
-        curve = Path(cfg.run_dir) / "loss_curve.png"
-        if curve.exists():
-            shutil.copy(curve, report / f"loss_curve_{size}.png")
-    timings["total"] = round(time.perf_counter() - started, 1)
-    manifest = {
-        "preset": args.preset, "config_file": args.config,
-        "config": {"pipeline": to_dict(pcfg), "data": to_dict(data_cfg), "sft": {k: to_dict(v) for k, v in sft_cfgs.items()},
-                   "eval": to_dict(eval_cfg), "sample": to_dict(sample_cfg)},
-        "seeds": {"data": data_cfg.seed, "sft": base_sft.seed, "sample": sample_cfg.seed},
-        "models": labels, "timings_s": timings, "versions": versions(),
-        "sampling_overlap": sampled["overlap"], "files": analysis["paths"],
-    }
-    atomic_write_json(report / "pipeline_manifest.json", manifest)
-    atomic_write_text(report / "README.md", _report_markdown(pcfg.report_title, report, timings, labels))
-    print(f"\n[pipeline] report: {report}/README.md  ({timings['total'] / 60:.1f} min)")
+    # The report is assembled in a local folder and copied to storage at the end (a URI out_dir too).
+    with tempfile.TemporaryDirectory(prefix="ray_app_report_") as tmp:
+        local = Path(report) if not storage.is_uri(report) else Path(tmp)
+        with _stage("analyze", timings):
+            analysis = write_report(read_samples(storage.join(out, "samples", "samples.parquet")), local)
+        for name in ("table1_accuracy.csv", "table1_accuracy.md"):
+            storage.copy(storage.join(out, "eval", name), str(local / name))
+        for size, cfg in sft_cfgs.items():
+            curve = storage.join(cfg.run_dir, "loss_curve.png")
+            if storage.exists(curve):
+                storage.copy(curve, str(local / f"loss_curve_{size}.png"))
+        timings["total"] = round(time.perf_counter() - started, 1)
+        manifest = {
+            "preset": args.preset, "config_file": args.config, "storage_root": args.storage_root,
+            "config": {"pipeline": to_dict(pcfg), "data": to_dict(data_cfg), "sft": {k: to_dict(v) for k, v in sft_cfgs.items()},
+                       "eval": to_dict(eval_cfg), "sample": to_dict(sample_cfg)},
+            "seeds": {"data": data_cfg.seed, "sft": base_sft.seed, "sample": sample_cfg.seed},
+            "config_fingerprints": {"sample": sampled["config_fingerprint"]},
+            "models": labels, "timings_s": timings, "versions": versions(),
+            "sampling_overlap": sampled["overlap"], "files": analysis["paths"],
+        }
+        storage.write_json(str(local / "pipeline_manifest.json"), manifest)
+        storage.write_text(str(local / "README.md"), _report_markdown(pcfg.report_title, local, timings, labels))
+        if storage.is_uri(report):
+            storage.upload_dir(local, report)
+    print(f"\n[pipeline] report: {storage.join(report, 'README.md')}  ({timings['total'] / 60:.1f} min)")
     return 0
 
 

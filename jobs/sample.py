@@ -1,39 +1,49 @@
 #!/usr/bin/env python
 """N samples per question, scored by a Ray Serve reward model while generation goes on.
 
-    python jobs/sample.py --models base=tiny-gemma3-small --num-samples 8
-    python jobs/sample.py --keep-serving        # leave POST /score up on 127.0.0.1:8000 afterwards
-    ray job submit --working-dir . -- python jobs/sample.py --preset gemma3-1b --models google/gemma-3-1b-it
+examples:
+  python jobs/sample.py --models base=tiny-gemma3-small --num-samples 8
+  python jobs/sample.py --models sft=sft/sft-tiny-gemma3-small/final_model --limit 20
+  python jobs/sample.py --keep-serving        # leave POST /score up on 127.0.0.1:8000 afterwards
+  ray job submit --working-dir . -- python jobs/sample.py --preset gemma3-1b --models google/gemma-3-1b-it
 
-Rerunning with the same --out-dir resumes: questions already scored are not generated again.
+Writes <root>/samples/ (root: --storage-root, $RAY_APP_STORAGE_ROOT or ~/ray-app-gsm): part files,
+samples.parquet/.jsonl and sample_manifest.json. Rerunning with the same --out-dir resumes:
+questions already scored are not generated again. A rerun with other generation settings
+(models, N, temperature, top_p, seed, budget, reward model) stops and names them; --fresh-run
+starts over.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from ray_app import cli  # noqa: E402
 from ray_app.config import parse_job_config  # noqa: E402
-from ray_app.utils.io import DataError  # noqa: E402
 
 
 def main(argv=None) -> int:
-    cfg, _ = parse_job_config("sample", __doc__.split("\n\n")[0], argv)
-    if cfg.num_samples < 1:
-        print("error: --num-samples must be >= 1", file=sys.stderr)
-        return 2
-    from ray_app.inference.sampling import run_sampling
-    from ray_app.utils.ray_init import init_ray
+    cfg, args = parse_job_config("sample", __doc__, argv)
+    return cli.run(lambda: _main(cfg, args))
 
-    init_ray()
-    try:
-        run_sampling(cfg)
-    except (DataError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+
+def _main(cfg, args) -> int:
+    if cfg.num_samples < 1:
+        raise ValueError("--num-samples must be >= 1")
+    from ray_app.inference.sampling import run_sampling
+    from ray_app.models.registry import resolve_model_spec, resolve_model_specs
+
+    root = cli.start(args)
+    cfg = dataclasses.replace(cfg, models=resolve_model_specs(cfg.models, root),
+                              reward_model=resolve_model_spec(cfg.reward_model, root))
+    cli.connect_ray()
+    cli.ensure_data(cfg.data_dir, args)
+    run_sampling(cfg)
     if cfg.keep_serving:
         print(f"[sample] serving POST http://{cfg.serve_host}:{cfg.serve_port}/score until Ctrl-C")
         try:

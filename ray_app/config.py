@@ -12,12 +12,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 import yaml
+
+from ray_app import storage
 
 PRESET_DIR = Path(__file__).parent / "presets"
 DEFAULT_PRESET = "tiny"
@@ -31,7 +34,7 @@ def _f(default, help: str, **kw):
 
 @dataclass
 class DataConfig:
-    out_dir: str = _f("outputs/data", "folder the four JSONL files and manifest.json are written to")
+    out_dir: str = _f("data", "folder (under the storage root unless absolute or a URI) for the four JSONL files and manifest.json", path=True)
     gsm8k_source: str = _f(
         "openai/gsm8k", "GSM8K test split: 'openai/gsm8k' (Hub) or a local JSONL path such as ../shared/data/gsm8k/test.jsonl"
     )
@@ -43,25 +46,27 @@ class DataConfig:
     test_per_template: int = _f(1, "fresh gsm_symbolic_test instances per template")
     non_overlapping_size: int = _f(100, "GSM8K test rows sampled from those sharing no template")
     num_templates: Optional[int] = _f(None, "use only the first K templates (quick builds)")
-    cache_dir: str = _f("~/.cache/ray_app/gsm_symbolic", "per-template instance cache (keyed by content hash)")
+    cache_dir: Optional[str] = _f(None, "node-local per-template instance cache (keyed by content hash); default $XDG_CACHE_HOME/ray_app/gsm_symbolic")
     use_ray: bool = _f(True, "spread template instantiation over Ray tasks")
 
 
 @dataclass
 class SFTConfig:
     model: str = _f("tiny-gemma3-small", "model preset name, Hub id or local path of the model to fine-tune")
-    data_dir: str = _f("outputs/data", "folder with gsm_symbolic_train.jsonl (from jobs/prepare_data.py)")
-    train_file: Optional[str] = _f(None, "training JSONL; defaults to DATA_DIR/gsm_symbolic_train.jsonl")
-    storage_path: str = _f("outputs/sft", "Ray Train storage path (local folder or s3://, gs:// URI) for checkpoints")
-    run_name: str = _f("sft-tiny-gemma3-small", "name of the run (folder under storage_path; W&B run name)")
-    export_dir: Optional[str] = _f(None, "where the final Hugging Face model goes; defaults to STORAGE_PATH/RUN_NAME/final_model")
+    data_dir: str = _f("data", "folder with gsm_symbolic_train.jsonl; built there when missing", path=True)
+    train_file: Optional[str] = _f(None, "training JSONL; defaults to DATA_DIR/gsm_symbolic_train.jsonl", path=True)
+    storage_path: str = _f("sft", "Ray Train storage path for checkpoints (folder or s3://, gs:// URI)", path=True)
+    run_name: Optional[str] = _f(None, "name of the run (folder under storage_path; W&B run name); default sft-MODEL")
+    export_dir: Optional[str] = _f(None, "where the final Hugging Face model goes; defaults to STORAGE_PATH/RUN_NAME/final_model", path=True)
+    fresh_run: bool = _f(False, "delete this run's earlier checkpoints and outputs and start at step 0 (default: resume, "
+                         "and refuse when the earlier run had another config)")
     # encoding
     max_seq_length: int = _f(512, "maximum tokens per example (prompt + answer); longer answers are truncated")
     train_pct: float = _f(100.0, "percentage of the training file to use")
     shuffle: bool = _f(True, "shuffle before subsampling")
     num_proc: int = _f(1, "processes for Dataset.map encoding")
     load_from_cache_file: bool = _f(True, "reuse the encoded Arrow cache when inputs are unchanged")
-    encode_cache_dir: Optional[str] = _f(None, "folder for the encoded Arrow cache; defaults to STORAGE_PATH/encode_cache")
+    encode_cache_dir: Optional[str] = _f(None, "node-local folder for the encoded Arrow cache; default $XDG_CACHE_HOME/ray_app/encoded")
     # optimisation
     num_train_epochs: float = _f(1.0, "epochs over the training set")
     max_steps: int = _f(-1, "optimizer steps; overrides epochs when > 0")
@@ -71,7 +76,7 @@ class SFTConfig:
     weight_decay: float = _f(0.0, "AdamW weight decay")
     max_grad_norm: float = _f(1.0, "gradient clipping")
     per_device_batch_size: int = _f(8, "examples per worker per micro-step")
-    gradient_accumulation_steps: int = _f(1, "micro-steps per optimizer step (ignored when --effective-batch-size is set)")
+    gradient_accumulation_steps: int = _f(1, "micro-steps per optimizer step (or give --effective-batch-size, not both)")
     effective_batch_size: Optional[int] = _f(None, "examples per optimizer step; derives gradient accumulation, must divide evenly")
     # scaling
     nproc_per_node: int = _f(2, "training workers per node (one per GPU on GPU nodes)")
@@ -101,19 +106,23 @@ class SFTConfig:
 
     @property
     def resolved_train_file(self) -> str:
-        return self.train_file or str(Path(self.data_dir) / "gsm_symbolic_train.jsonl")
+        return self.train_file or storage.join(self.data_dir, "gsm_symbolic_train.jsonl")
+
+    @property
+    def resolved_run_name(self) -> str:
+        return self.run_name or default_run_name(self.model)
 
     @property
     def run_dir(self) -> str:
-        return str(Path(self.storage_path) / self.run_name)
+        return storage.join(self.storage_path, self.resolved_run_name)
 
     @property
     def resolved_export_dir(self) -> str:
-        return self.export_dir or str(Path(self.run_dir) / "final_model")
+        return self.export_dir or storage.join(self.run_dir, "final_model")
 
     @property
     def resolved_encode_cache_dir(self) -> str:
-        return self.encode_cache_dir or str(Path(self.storage_path) / "encode_cache")
+        return self.encode_cache_dir or str(storage.cache_root() / "encoded")
 
 
 @dataclass
@@ -121,7 +130,7 @@ class GenerationConfig:
     """What evaluation and sampling share: which models generate, on what, with which budget."""
 
     models: str = _f("base-small=tiny-gemma3-small", "comma-separated LABEL=MODEL (preset name, Hub id or local folder); LABEL= is optional")
-    data_dir: str = _f("outputs/data", "folder with the test JSONL files (from jobs/prepare_data.py)")
+    data_dir: str = _f("data", "folder with the test JSONL files; built there when missing", path=True)
     max_new_tokens: int = _f(256, "generation budget per answer")
     actors_per_model: int = _f(1, "Ray Data actors per model (one model each; one GPU each when the cluster has GPUs)")
     num_gpus_per_actor: Optional[float] = _f(None, "GPUs per generation actor; default 1 on GPU clusters, else 0")
@@ -131,14 +140,14 @@ class GenerationConfig:
 @dataclass
 class EvalConfig(GenerationConfig):
     datasets: str = _f("gsm_symbolic_test,gsm8k_same_templates,gsm8k_non_overlapping", "comma-separated test splits")
-    out_dir: str = _f("outputs/eval", "folder for predictions and Table 1")
+    out_dir: str = _f("eval", "folder for predictions and Table 1", path=True)
     batch_size: int = _f(32, "questions per generate() call on an actor")
 
 
 @dataclass
 class SampleConfig(GenerationConfig):
     dataset: str = _f("gsm_symbolic_test", "test split to sample on")
-    out_dir: str = _f("outputs/samples", "folder for samples.parquet/.jsonl, part files and the run manifest")
+    out_dir: str = _f("samples", "folder for samples.parquet/.jsonl, part files and the run manifest", path=True)
     num_samples: int = _f(8, "samples per question (N)")
     temperature: float = _f(0.7, "sampling temperature")
     top_p: float = _f(0.95, "nucleus sampling")
@@ -156,13 +165,15 @@ class SampleConfig(GenerationConfig):
     serve_port: int = _f(8000, "HTTP port of the reward endpoint")
     score_retries: int = _f(5, "retries (backoff 1, 2, 4, ... s) of a scoring request whose replica died")
     keep_serving: bool = _f(False, "leave the reward endpoint up after sampling (Ctrl-C to stop)")
+    fresh_run: bool = _f(False, "delete earlier samples in OUT_DIR and start over (default: resume, and refuse when "
+                         "they were made with other generation settings)")
 
 
 @dataclass
 class PipelineConfig:
     """The whole study in one command; the other sections of the preset supply everything else."""
 
-    out_dir: str = _f("outputs/pipeline", "folder for the study: data/, sft/, eval/, samples/ and report/")
+    out_dir: str = _f("pipeline", "folder for the study: data/, sft/, eval/, samples/ and report/", path=True)
     small_model: str = _f("tiny-gemma3-small", "the small policy (stands for gemma-3-1b-it)")
     large_model: str = _f("tiny-gemma3-large", "the large policy (stands for gemma-3-4b-it)")
     small_max_steps: int = _f(-1, "SFT steps of the small model (-1: the sft section's epochs)")
@@ -191,6 +202,19 @@ SECTIONS: dict[str, type] = {
 
 class ConfigError(ValueError):
     """A configuration that cannot work; the message says what to change."""
+
+
+def default_run_name(model: str) -> str:
+    """'sft-' + the model's name: a run of another model never resumes this one's checkpoints."""
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", storage.basename(model.rstrip("/"))).strip("-.") or "model"
+    if name in ("final_model", "checkpoint"):  # an exported model: name it after its run folder
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "-", storage.basename(storage.parent(model.rstrip("/"))))
+    return f"sft-{name}"
+
+
+# Fields that say the same thing two ways: a source (preset, --config file, command line) that sets
+# one overrides the other from lower sources; one source that sets both is an error naming both.
+EXCLUSIVE_FIELDS = [("gradient_accumulation_steps", "effective_batch_size")]
 
 
 @dataclass(frozen=True)
@@ -311,18 +335,46 @@ def _add_field_flags(parser: argparse.ArgumentParser, cls: type, preset_values: 
             group.add_argument(flag, dest=f.name, type=typ, default=None, metavar=typ.__name__.upper(), help=help_text)
 
 
-def build_parser(section: str, description: str, extra: callable = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=description)
+def build_parser(section: str, doc: str, extra: callable = None) -> argparse.ArgumentParser:
+    # A job's docstring: its first paragraph describes the job, the rest (examples) ends --help.
+    description, _, epilog = doc.strip().partition("\n\n")
+    parser = argparse.ArgumentParser(description=description, epilog=epilog or None,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "--preset",
         default=DEFAULT_PRESET,
         help=f"YAML preset of ray_app/presets ({', '.join(available_presets())}) [default: {DEFAULT_PRESET}]",
     )
     parser.add_argument("--config", default=None, help="a YAML file whose sections override the preset")
+    parser.add_argument(
+        "--storage-root",
+        default=None,
+        help=f"where every output goes: a folder (shared on multi-node clusters) or an s3:// / gs:// URI; relative "
+        f"paths in other options are under it [default: ${storage.ROOT_ENV} or {storage.DEFAULT_ROOT}]",
+    )
     if extra is not None:
         extra(parser)
     _add_field_flags(parser, SECTIONS[section], load_yaml(DEFAULT_PRESET).get(section) or {})
     return parser
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _apply_source(obj: Any, values: dict, where: str) -> Any:
+    names = {f.name: f for f in dataclasses.fields(obj)}
+    for a, b in EXCLUSIVE_FIELDS:
+        if a not in names:
+            continue
+        given = [k for k in (a, b) if values.get(k) is not None]
+        if len(given) == 2:
+            shown = f"{_flag(a)} and {_flag(b)}" if where == "command line" else f"'{a}' and '{b}'"
+            raise ConfigError(f"{where}: {shown} contradict each other (one determines the other); give only one")
+        if given:
+            other = b if given[0] == a else a
+            obj = dataclasses.replace(obj, **{other: names[other].default})  # the explicit one wins
+    return apply_overrides(obj, values, where)
 
 
 def resolve_section(section: str, preset: str | None, config_file: str | None, cli: dict) -> Any:
@@ -330,21 +382,32 @@ def resolve_section(section: str, preset: str | None, config_file: str | None, c
     obj = cls()
     for source in [s for s in (preset, config_file) if s]:
         loaded = load_yaml(source)
-        obj = apply_overrides(obj, loaded.get(section) or {}, f"{source} [{section}]")
-    return apply_overrides(obj, {k: v for k, v in cli.items() if v is not None}, "command line")
+        obj = _apply_source(obj, loaded.get(section) or {}, f"{source} [{section}]")
+    return _apply_source(obj, {k: v for k, v in cli.items() if v is not None}, "command line")
 
 
-def parse_job_config(section: str, description: str, argv: list[str] | None = None, extra: callable = None):
-    """(config dataclass, argparse namespace) for a job, after preset + file + flag overrides."""
-    parser = build_parser(section, description, extra)
+def path_fields(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls) if f.metadata.get("path")]
+
+
+def resolve_paths(cfg: Any, root: str) -> Any:
+    """Every location field made absolute: relative ones go under the storage root."""
+    return dataclasses.replace(cfg, **{name: storage.under_root(root, getattr(cfg, name)) for name in path_fields(type(cfg))})
+
+
+def parse_job_config(section: str, doc: str, argv: list[str] | None = None, extra: callable = None):
+    """(config dataclass, argparse namespace) for a job, after preset + file + flag overrides, with
+    every location resolved under the storage root (`args.storage_root`, absolute or a URI)."""
+    parser = build_parser(section, doc, extra)
     args = parser.parse_args(argv)
     field_names = {f.name for f in dataclasses.fields(SECTIONS[section])}
     cli = {k: v for k, v in vars(args).items() if k in field_names}
     try:
         cfg = resolve_section(section, args.preset, args.config, cli)
-    except ConfigError as e:
+        args.storage_root = storage.resolve_root(args.storage_root)
+    except (ConfigError, storage.StorageError) as e:
         parser.error(str(e))
-    return cfg, args
+    return resolve_paths(cfg, args.storage_root), args
 
 
 def to_dict(cfg: Any) -> dict:

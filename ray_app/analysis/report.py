@@ -51,9 +51,11 @@ def read_samples(path: str | Path):
     """Samples as a DataFrame, from .parquet or .jsonl; missing columns are named in the error."""
     import pandas as pd
 
-    path = Path(path)
-    if not path.is_file():
+    from ray_app import storage
+
+    if not storage.is_file(str(path)):
         raise DataError(f"{path}: samples file not found")
+    path = storage.local_copy(str(path))
     if path.suffix == ".parquet":
         df = pd.read_parquet(path)
     elif path.suffix in (".jsonl", ".json"):

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
+from ray_app import storage
 from ray_app.data.prompts import gold_from_gsm_answer
 from ray_app.utils.io import (
     DataError,
@@ -81,9 +82,10 @@ def _validated_gsm_rows(rows: Sequence[dict], where: Callable[[int], str]) -> li
 
 
 def load_gsm8k_test(source: str) -> tuple[list[dict], dict]:
-    """GSM8K test rows from a local JSONL file or the Hub; returns (rows, provenance)."""
-    if source and Path(source).expanduser().exists():
-        path = Path(source).expanduser()
+    """GSM8K test rows from a JSONL file (local, relative to the cwd or the checkout, or a storage URI)
+    or the Hub; returns (rows, provenance)."""
+    path = _local_source(source)
+    if path is not None:
         # Line numbers in errors are file lines; read_jsonl skips blank lines, so keep them aligned.
         lines = path.read_text(encoding="utf-8").splitlines()
         line_of = [n for n, text in enumerate(lines, start=1) if text.strip()]
@@ -106,10 +108,27 @@ def load_gsm8k_test(source: str) -> tuple[list[dict], dict]:
             "gsm8k": f"hf://{HUB_GSM8K}/main/test",
             "gsm8k_fingerprint": ds._fingerprint,
         }
+    hint = ""
+    if storage.ephemeral_working_dir():
+        hint = (" This job runs in a temporary copy of the working dir, where paths outside the checkout do not "
+                "exist: build the data before submitting (`python jobs/prepare_data.py` writes it to the storage "
+                "root, where submitted jobs find it), or pass an absolute path or an s3:// / gs:// URI.")
     raise DataError(
         f"GSM8K source '{source}' is neither an existing JSONL file nor '{HUB_GSM8K}' on the Hub; "
-        "pass --gsm8k-source ../shared/data/gsm8k/test.jsonl (local) or --gsm8k-source openai/gsm8k"
+        f"pass --gsm8k-source ../shared/data/gsm8k/test.jsonl (local) or --gsm8k-source openai/gsm8k.{hint}"
     )
+
+
+def _local_source(source: str | None) -> Path | None:
+    if not source or source in (HUB_GSM8K, "gsm8k"):
+        return None
+    if storage.is_uri(source):
+        return storage.local_copy(source) if storage.exists(source) else None
+    path = Path(source).expanduser()
+    for candidate in (path, storage.PROJECT_ROOT / path):  # the presets name paths relative to the checkout
+        if candidate.is_file():
+            return candidate
+    return None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -214,10 +233,15 @@ def instantiate_template(template: Template, pool_size: int, seed: int, cache_di
 def _instantiate_all(
     templates: Sequence[Template], pool_size: int, seed: int, cache_dir: str | None, use_ray: bool
 ) -> list[list[dict]]:
-    from tqdm.auto import tqdm
+    from ray_app.utils.progress import progress
 
     if not use_ray:
-        return [instantiate_template(t, pool_size, seed, cache_dir) for t in tqdm(templates, desc="templates")]
+        out = []
+        with progress(len(templates), "templates") as bar:
+            for t in templates:
+                out.append(instantiate_template(t, pool_size, seed, cache_dir))
+                bar.update(1)
+        return out
 
     import ray
 
@@ -237,7 +261,7 @@ def _instantiate_all(
     # The bar counts estimated condition checks, not templates: slowest first, a count would
     # crawl for minutes and then jump, and its time estimate would be meaningless.
     work = [cost + 100_000 for cost in costs]
-    with tqdm(total=sum(work), desc="templates (ray tasks)", unit="checks", unit_scale=True) as bar:
+    with progress(sum(work), "templates (ray tasks)", unit="checks") as bar:
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
             i = index_of[done[0]]
@@ -303,7 +327,7 @@ def build_gsm_datasets(
     non_overlapping_size: int = 100,
     num_templates: int | None = None,
     symbolic_source: str = SYMBOLIC_PACKAGE,
-    cache_dir: str | None = "~/.cache/ray_app/gsm_symbolic",
+    cache_dir: str | None = str(storage.cache_root() / "gsm_symbolic"),
     use_ray: bool = True,
     extra_manifest: dict | None = None,
 ) -> BuildReport:
@@ -398,13 +422,44 @@ def build_gsm_datasets(
 
 
 def build_from_config(cfg, extra_manifest: dict | None = None) -> BuildReport:
-    """`build_gsm_datasets` with every setting taken from a `DataConfig`."""
-    return build_gsm_datasets(
-        out_dir=cfg.out_dir, gsm8k_source=cfg.gsm8k_source, seed=cfg.seed, train_size=cfg.train_size,
+    """`build_gsm_datasets` with every setting taken from a `DataConfig`; a URI out_dir is built in a
+    local folder and uploaded file by file (the manifest last, so it marks a complete build)."""
+    import tempfile
+
+    kwargs = dict(
+        gsm8k_source=cfg.gsm8k_source, seed=cfg.seed, train_size=cfg.train_size,
         test_per_template=cfg.test_per_template, non_overlapping_size=cfg.non_overlapping_size,
-        num_templates=cfg.num_templates, symbolic_source=cfg.symbolic_source, cache_dir=cfg.cache_dir,
-        use_ray=cfg.use_ray, extra_manifest=extra_manifest,
+        num_templates=cfg.num_templates, symbolic_source=cfg.symbolic_source,
+        cache_dir=cfg.cache_dir or str(storage.cache_root() / "gsm_symbolic"), use_ray=cfg.use_ray,
+        extra_manifest=extra_manifest,
     )
+    if not storage.is_uri(cfg.out_dir):
+        return build_gsm_datasets(out_dir=cfg.out_dir, **kwargs)
+    with tempfile.TemporaryDirectory(prefix="ray_app_data_") as tmp:
+        report = build_gsm_datasets(out_dir=tmp, **kwargs)
+        for name in [f"{s}.jsonl" for s in SPLITS] + ["manifest.json"]:
+            storage.upload_file(Path(tmp, name), storage.join(cfg.out_dir, name))
+    report.out_dir = cfg.out_dir
+    return report
+
+
+def has_data(data_dir: str) -> bool:
+    """A complete build is there: every split and the manifest (written last)."""
+    return all(storage.exists(storage.join(data_dir, name)) for name in [f"{s}.jsonl" for s in SPLITS] + ["manifest.json"])
+
+
+def ensure_data(data_dir: str, data_cfg, log=print) -> str:
+    """Build the four data sets into `data_dir` unless a complete build is there (seeded, cached per
+    template, so every build from one config has the same bytes). Returns data_dir."""
+    if has_data(data_dir):
+        return data_dir
+    import dataclasses
+
+    log(f"[data] no data sets in {data_dir} yet: building them ({data_cfg.train_size} training rows, seed {data_cfg.seed})")
+    started = time.perf_counter()
+    build_from_config(dataclasses.replace(data_cfg, out_dir=data_dir))
+    log(f"[data] built in {time.perf_counter() - started:.0f}s -> {data_dir}")
+    return data_dir
 
 
 def _load_hub_symbolic(num_templates: int | None) -> tuple[list[tuple[int, list[dict]]], dict]:
@@ -431,7 +486,10 @@ def load_split(data_dir: str, split: str) -> list[dict]:
     """Read one built split, checking the row schema."""
     if split not in SPLITS:
         raise DataError(f"unknown split '{split}'; choose one of {', '.join(SPLITS)}")
-    return read_jsonl(Path(data_dir) / f"{split}.jsonl", required=ROW_FIELDS)
+    path = storage.join(data_dir, f"{split}.jsonl")
+    if storage.is_uri(path) and not storage.exists(path):
+        raise DataError(f"{path}: file not found")
+    return read_jsonl(storage.local_copy(path), required=ROW_FIELDS)
 
 
 def report_dict(report: BuildReport) -> dict:

@@ -38,15 +38,22 @@ class GenerationActor:
     Output: one row per (question, sample) with the response, its parsed answer and correctness.
     """
 
-    def __init__(self, label: str, model_path: str, max_new_tokens: int, batch_size: int = 32,
+    def __init__(self, label: str, model: str, corpus_file: str | None, max_new_tokens: int, batch_size: int = 32,
                  num_samples: int = 1, do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
                  seed: int = 0):
         from ray_app.generation import load_policy
+        from ray_app.models.registry import materialize_model
+        from ray_app.utils.devices import assigned_device
 
+        from ray_app.utils.progress import quiet_progress_bars
+
+        quiet_progress_bars()  # a worker's output is a log, not a terminal
         self.label, self.max_new_tokens, self.batch_size = label, max_new_tokens, batch_size
         self.num_samples, self.do_sample = num_samples, do_sample
         self.temperature, self.top_p, self.seed = temperature, top_p, seed
-        self.tokenizer, self.model = load_policy(model_path)
+        # On this actor's node: build / download the model here, on the device Ray assigned (cpu with 0 GPUs).
+        self.device = assigned_device()
+        self.tokenizer, self.model = load_policy(materialize_model(model, corpus_file), device=self.device)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         from ray_app.generation import generate

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict
-from pathlib import Path
 
 from ray_app.analysis.report import to_markdown
 from ray_app.analysis.strategies import wilson_interval
 from ray_app.config import EvalConfig
 from ray_app.data.gsm import load_split
 from ray_app.inference.actors import GenerationActor, parse_model_specs
-from ray_app.models.registry import resolve_model_path
-from ray_app.utils.io import atomic_write_json, atomic_write_jsonl, atomic_write_text
+from ray_app import storage
+from ray_app.models.registry import model_identity
+from ray_app.utils.fingerprint import fingerprint
+from ray_app.utils.io import dumps_row
 from ray_app.utils.run_info import versions
 
 TABLE1_COLUMNS = {
@@ -38,15 +39,18 @@ def gpus_per_actor(requested: float | None) -> float:
     return 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
 
 
-def generate_with_actors(rows: list[dict], label: str, model_path: str, cfg_actor: dict, batch_size: int,
+def generate_with_actors(rows: list[dict], label: str, model: str, corpus_file: str, cfg_actor: dict, batch_size: int,
                          actors: int, num_gpus: float):
-    """A Ray Data pipeline: question rows -> GenerationActor pool -> streamed output batches."""
+    """A Ray Data pipeline: question rows -> GenerationActor pool -> streamed output batches.
+
+    The actors get the model as named (preset, URI, shared path or Hub id) and resolve it on their node.
+    """
     import ray
 
     ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), 4 * actors)))
     return ds.map_batches(
         GenerationActor,
-        fn_constructor_kwargs={"label": label, "model_path": model_path, **cfg_actor},
+        fn_constructor_kwargs={"label": label, "model": model, "corpus_file": corpus_file, **cfg_actor},
         batch_size=batch_size,
         compute=ray.data.ActorPoolStrategy(size=actors),
         num_cpus=1,
@@ -80,28 +84,37 @@ def run_evaluation(cfg: EvalConfig, log=print) -> dict:
     started = time.perf_counter()
     splits = [s.strip() for s in cfg.datasets.split(",") if s.strip()]
     rows = question_rows(cfg.data_dir, splits, cfg.limit)
-    corpus = str(Path(cfg.data_dir) / "gsm_symbolic_train.jsonl")
+    corpus = storage.join(cfg.data_dir, "gsm_symbolic_train.jsonl")
     num_gpus = gpus_per_actor(cfg.num_gpus_per_actor)
     frames, seconds = [], {}
     for label, model in parse_model_specs(cfg.models):
         t = time.perf_counter()
-        model_path = resolve_model_path(model, corpus_file=corpus)
-        ds = generate_with_actors(rows, label, model_path, {"max_new_tokens": cfg.max_new_tokens, "batch_size": cfg.batch_size},
+        ds = generate_with_actors(rows, label, model, corpus, {"max_new_tokens": cfg.max_new_tokens, "batch_size": cfg.batch_size},
                                   cfg.batch_size, cfg.actors_per_model, num_gpus)
         frame = ds.to_pandas()
         frames.append(frame)
         seconds[label] = time.perf_counter() - t
         log(f"[eval] {label}: {len(frame)} greedy answers in {seconds[label]:.0f}s, accuracy {100 * frame['correct'].mean():.1f}%")
     predictions = pd.concat(frames, ignore_index=True).sort_values(["model", "dataset", "question_id"], kind="stable")
-    out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = cfg.out_dir
     predictions = predictions.drop(columns=["sample_idx", "generation_started_at", "generated_at"])
-    atomic_write_jsonl(out / "predictions.jsonl", predictions.to_dict(orient="records"))
+    storage.write_text(storage.join(out, "predictions.jsonl"), "".join(dumps_row(r) + "\n" for r in predictions.to_dict(orient="records")))
     numeric, pretty = table1(predictions)
-    atomic_write_text(out / "table1_accuracy.csv", numeric.to_csv(index=False, float_format="%.2f"))
-    atomic_write_text(out / "table1_accuracy.md", "Greedy accuracy (%) [95% Wilson CI]\n\n" + to_markdown(pretty))
-    summary = {"config": asdict(cfg), "rows": len(predictions), "seconds": {**seconds, "total": time.perf_counter() - started},
-               "num_gpus_per_actor": num_gpus, "versions": versions()}
-    atomic_write_json(out / "eval_manifest.json", summary)
+    storage.write_text(storage.join(out, "table1_accuracy.csv"), numeric.to_csv(index=False, float_format="%.2f"))
+    storage.write_text(storage.join(out, "table1_accuracy.md"), "Greedy accuracy (%) [95% Wilson CI]\n\n" + to_markdown(pretty))
+    settings = {"models": {label: model_identity(m) for label, m in parse_model_specs(cfg.models)}, "datasets": splits,
+                "limit": cfg.limit, "max_new_tokens": cfg.max_new_tokens,
+                "data_manifest_sha256": _data_manifest_sha(cfg.data_dir)}
+    summary = {"config": asdict(cfg), "settings": settings, "config_fingerprint": fingerprint(settings), "rows": len(predictions),
+               "seconds": {**seconds, "total": time.perf_counter() - started}, "num_gpus_per_actor": num_gpus, "versions": versions()}
+    storage.write_json(storage.join(out, "eval_manifest.json"), summary)
     log(to_markdown(pretty))
-    return {"predictions": predictions, "table1": numeric, "paths": {"table1_csv": str(out / "table1_accuracy.csv")}, **summary}
+    log(f"[eval] done: {len(predictions)} predictions, Table 1 -> {storage.join(out, 'table1_accuracy.md')} (and .csv, predictions.jsonl)")
+    return {"predictions": predictions, "table1": numeric, "paths": {"table1_csv": storage.join(out, "table1_accuracy.csv")}, **summary}
+
+
+def _data_manifest_sha(data_dir: str) -> str | None:
+    import hashlib
+
+    path = storage.join(data_dir, "manifest.json")
+    return hashlib.sha256(storage.read_bytes(path)).hexdigest()[:16] if storage.exists(path) else None

@@ -19,30 +19,40 @@ import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
-from pathlib import Path
 
 from ray_app.analysis.report import SAMPLE_COLUMNS
 from ray_app.config import SampleConfig
 from ray_app.inference.actors import parse_model_specs
 from ray_app.inference.evaluation import generate_with_actors, gpus_per_actor, question_rows
-from ray_app.models.registry import resolve_model_path
-from ray_app.utils.io import DataError, atomic_write_json, atomic_write_jsonl, read_jsonl
+from ray_app import storage
+from ray_app.models.registry import model_identity
+from ray_app.utils.fingerprint import check_or_record
+from ray_app.utils.io import DataError, dumps_row
 from ray_app.utils.run_info import versions
 
 TIMING_COLUMNS = ["generation_started_at", "generated_at", "scored_at", "reward_replica_pid"]
 
 
-def finished_questions(parts_dir: Path, num_samples: int) -> set[tuple[str, str]]:
-    """(model, question_id) pairs whose N scored samples are already on disk."""
+def _parts(parts_dir: str, fp: str) -> list[str]:
+    """Part files made with the settings fingerprinted `fp` (the name starts with it)."""
+    return [p for p in storage.list_files(parts_dir, suffix=".jsonl") if storage.basename(p).startswith(f"{fp}-")]
+
+
+def _read_part(path: str) -> list[dict]:
+    return [json.loads(line) for line in storage.read_text(path).splitlines() if line.strip()]
+
+
+def finished_questions(parts_dir: str, num_samples: int, fp: str) -> set[tuple[str, str]]:
+    """(model, question_id) pairs whose N scored samples are already in storage."""
     counts: dict[tuple[str, str], int] = {}
-    for part in sorted(parts_dir.glob("*.jsonl")):
-        for row in read_jsonl(part):
+    for part in _parts(parts_dir, fp):
+        for row in _read_part(part):
             key = (row["model"], row["question_id"])
             counts[key] = counts.get(key, 0) + 1
     return {k for k, c in counts.items() if c == num_samples}
 
 
-def _score_and_write(handle, batch, parts_dir: Path, retries: int, log) -> tuple[int, int]:
+def _score_and_write(handle, batch, parts_dir: str, fp: str, retries: int, log) -> tuple[int, int]:
     """Score one generated batch (retrying if its replica dies) and write it as one part file."""
     questions, responses = list(batch["question"]), list(batch["response"])
     for attempt in range(retries + 1):
@@ -62,15 +72,16 @@ def _score_and_write(handle, batch, parts_dir: Path, retries: int, log) -> tuple
     batch["reward_replica_pid"] = result["replica_pid"]
     key = hashlib.sha256(",".join(sorted(set(batch["question_id"]))).encode()).hexdigest()[:16]
     label = str(batch["model"].iloc[0])
-    atomic_write_jsonl(parts_dir / f"{label}-{key}.jsonl", batch[SAMPLE_COLUMNS + TIMING_COLUMNS].to_dict(orient="records"))
+    rows = batch[SAMPLE_COLUMNS + TIMING_COLUMNS].to_dict(orient="records")
+    storage.write_text(storage.join(parts_dir, f"{fp}-{label}-{key}.jsonl"), "".join(dumps_row(r) + "\n" for r in rows))
     return len(batch), attempt
 
 
-def gather_parts(parts_dir: Path, num_samples: int, expected: dict[str, set[str]]):
-    """All part files as one frame, checked: exactly N scored samples per expected question."""
+def gather_parts(parts_dir: str, num_samples: int, expected: dict[str, set[str]], fp: str):
+    """This run's part files as one frame, checked: exactly N scored samples per expected question."""
     import pandas as pd
 
-    rows = [row for part in sorted(parts_dir.glob("*.jsonl")) for row in read_jsonl(part)]
+    rows = [row for part in _parts(parts_dir, fp) for row in _read_part(part)]
     df = pd.DataFrame(rows)
     dup = df.duplicated(["model", "question_id", "sample_idx"])
     if dup.any():
@@ -92,21 +103,25 @@ def run_sampling(cfg: SampleConfig, log=print) -> dict:
     from ray_app.reward.serve_app import APP_NAME, ServeSettings, deploy_reward_model
 
     started, started_at = time.perf_counter(), time.time()
-    out = Path(cfg.out_dir)
-    parts_dir = out / "parts"
-    parts_dir.mkdir(parents=True, exist_ok=True)
+    out = cfg.out_dir
+    parts_dir = storage.join(out, "parts")
     rows = question_rows(cfg.data_dir, [cfg.dataset], cfg.limit)
     if not rows:
         raise DataError(f"no questions in {cfg.data_dir}/{cfg.dataset}.jsonl")
     specs = parse_model_specs(cfg.models)
-    corpus = str(Path(cfg.data_dir) / "gsm_symbolic_train.jsonl")
-    done = finished_questions(parts_dir, cfg.num_samples)
+    corpus = storage.join(cfg.data_dir, "gsm_symbolic_train.jsonl")
+    if cfg.fresh_run and storage.exists(out):
+        log(f"[sample] --fresh-run: deleting earlier samples in {out}")
+        storage.delete(out)
+    generation = sampling_settings(cfg)
+    fp = check_or_record(storage.join(out, "sampling_config.json"), generation, "Sampling output", "--fresh-run")
+    done = finished_questions(parts_dir, cfg.num_samples, fp)
     if done:
         log(f"[sample] resuming: {len(done)} (model, question) pairs already scored in {parts_dir}")
 
     t = time.perf_counter()
     settings = ServeSettings(
-        model_path=resolve_model_path(cfg.reward_model, corpus_file=corpus), num_replicas=cfg.reward_replicas,
+        model_path=cfg.reward_model, corpus_file=corpus, num_replicas=cfg.reward_replicas,
         num_cpus=cfg.reward_num_cpus, num_gpus=cfg.reward_num_gpus, max_batch_size=cfg.reward_max_batch_size,
         batch_wait_timeout_s=cfg.reward_batch_wait_timeout_s, autoscaling=cfg.reward_autoscaling,
         max_replicas=cfg.reward_max_replicas, host=cfg.serve_host, port=cfg.serve_port,
@@ -126,10 +141,10 @@ def run_sampling(cfg: SampleConfig, log=print) -> dict:
             if not todo:
                 continue
             t = time.perf_counter()
-            ds = generate_with_actors(todo, label, resolve_model_path(model, corpus_file=corpus), actor_args,
+            ds = generate_with_actors(todo, label, model, corpus, actor_args,
                                       cfg.questions_per_batch, cfg.actors_per_model, num_gpus)
             for batch in ds.iter_batches(batch_size=None, batch_format="pandas"):
-                futures.append(pool.submit(_score_and_write, handle, batch, parts_dir, cfg.score_retries, log))
+                futures.append(pool.submit(_score_and_write, handle, batch, parts_dir, fp, cfg.score_retries, log))
             seconds[f"generate_{label}"] = time.perf_counter() - t
             log(f"[sample] {label}: {len(todo)} questions x {cfg.num_samples} samples generated in {seconds[f'generate_{label}']:.0f}s")
         for f in futures:
@@ -139,10 +154,13 @@ def run_sampling(cfg: SampleConfig, log=print) -> dict:
     if not cfg.keep_serving:
         serve.delete(APP_NAME)
 
-    df = gather_parts(parts_dir, cfg.num_samples, {label: {r["question_id"] for r in rows} for label, _ in specs})
-    df.to_parquet(out / "samples.parquet.tmp", index=False)
-    (out / "samples.parquet.tmp").replace(out / "samples.parquet")
-    atomic_write_jsonl(out / "samples.jsonl", df.to_dict(orient="records"))
+    df = gather_parts(parts_dir, cfg.num_samples, {label: {r["question_id"] for r in rows} for label, _ in specs}, fp)
+    import io
+
+    buffer = io.BytesIO()
+    df.to_parquet(buffer, index=False)
+    storage.write_bytes(storage.join(out, "samples.parquet"), buffer.getvalue())
+    storage.write_text(storage.join(out, "samples.jsonl"), "".join(dumps_row(r) + "\n" for r in df.to_dict(orient="records")))
     new = df[df["scored_at"] >= started_at]  # rows scored by this run (a resumed run keeps older ones)
     overlap = None
     if len(new):
@@ -153,11 +171,11 @@ def run_sampling(cfg: SampleConfig, log=print) -> dict:
         }
         overlap["first_score_before_last_generation"] = overlap["first_score_at"] < overlap["last_generation_finished_at"]
     seconds["total"] = time.perf_counter() - started
-    manifest = {"config": asdict(cfg), "rows": len(df), "scored_this_run": scored, "score_retries_used": retried, "resumed_pairs": len(done),
+    manifest = {"config": asdict(cfg), "settings": generation, "config_fingerprint": fp, "rows": len(df), "scored_this_run": scored, "score_retries_used": retried, "resumed_pairs": len(done),
                 "overlap": overlap, "reward_batching": stats, "seconds": seconds, "versions": versions(),
                 "schema": SAMPLE_COLUMNS + TIMING_COLUMNS}
-    atomic_write_json(out / "sample_manifest.json", manifest)
-    log(f"[sample] {len(df)} samples ({scored} scored now) -> {out / 'samples.parquet'}")
+    storage.write_json(storage.join(out, "sample_manifest.json"), manifest)
+    log(f"[sample] done: {len(df)} samples ({scored} scored now) -> {storage.join(out, 'samples.parquet')} (and samples.jsonl, sample_manifest.json)")
     if overlap:
         t0 = overlap["generation_began_at"]
         log(f"[sample] overlap: first score {overlap['first_score_at'] - t0:.1f}s after generation began; "
@@ -166,4 +184,17 @@ def run_sampling(cfg: SampleConfig, log=print) -> dict:
 
 
 def load_manifest(out_dir: str) -> dict:
-    return json.loads((Path(out_dir) / "sample_manifest.json").read_text())
+    return storage.read_json(storage.join(out_dir, "sample_manifest.json"))
+
+
+def sampling_settings(cfg: SampleConfig) -> dict:
+    """What decides the samples and their rewards. Left out: which questions (--limit only adds or
+    skips questions) and how the work is spread (actors, batch sizes, replicas, ports)."""
+    data_manifest = storage.join(cfg.data_dir, "manifest.json")
+    return {
+        "models": {label: model_identity(model) for label, model in parse_model_specs(cfg.models)},
+        "dataset": cfg.dataset, "num_samples": cfg.num_samples, "temperature": cfg.temperature, "top_p": cfg.top_p,
+        "seed": cfg.seed, "max_new_tokens": cfg.max_new_tokens, "reward_model": model_identity(cfg.reward_model),
+        "data_manifest_sha256": hashlib.sha256(storage.read_bytes(data_manifest)).hexdigest()[:16]
+        if storage.exists(data_manifest) else None,
+    }

@@ -7,6 +7,7 @@ Architecture numbers of the real models are kept here so `--dry-run` can plan me
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -126,3 +127,67 @@ def resolve_model_path(name_or_path: str, corpus_file: str | None = None, cache_
 
 def is_local_model(path: str) -> bool:
     return Path(path).is_dir() and (Path(path) / "config.json").is_file()
+
+
+def resolve_model_spec(spec: str, root: str) -> str:
+    """Driver side: a model as the user named it -> something every node can resolve.
+
+    Preset names, Hub ids, URIs and absolute paths stay as they are; a relative path is a folder under
+    the storage root (`sft/sft-tiny-gemma3-small/final_model`), never under the current directory,
+    which for a submitted job is a temporary copy of the checkout.
+    """
+    from ray_app import storage
+
+    if get_preset(spec) is not None or storage.is_uri(spec) or os.path.isabs(os.path.expanduser(spec)):
+        return os.path.expanduser(spec) if not storage.is_uri(spec) else spec
+    under_root = storage.join(root, spec)
+    if storage.exists(storage.join(under_root, "config.json")):
+        return under_root
+    if Path(spec).is_dir() and not storage.ephemeral_working_dir():
+        return str(Path(spec).resolve())
+    if spec.count("/") == 1 and not spec.startswith("."):
+        return spec  # a Hub id such as google/gemma-3-1b-it
+    raise ValueError(
+        f"model '{spec}' not found: it is no preset ({', '.join(MODEL_PRESETS)}), no Hugging Face folder under the "
+        f"storage root ({under_root}) and no Hub id; pass a path relative to the storage root, an absolute path or a URI"
+    )
+
+
+def materialize_model(spec: str, corpus_file: str | None = None) -> str:
+    """Worker side: a local folder or Hub id for `from_pretrained`, on whichever node this runs.
+
+    Embedded presets are built here from the training file (deterministic, cached per node), models
+    in cloud storage are downloaded into the node's cache, local paths and Hub ids pass through.
+    """
+    from ray_app import storage
+
+    if get_preset(spec) is not None:
+        corpus = str(storage.local_copy(corpus_file)) if corpus_file else None
+        return resolve_model_path(spec, corpus_file=corpus)
+    if storage.is_uri(spec):
+        return str(storage.local_copy(spec))
+    return spec
+
+
+def resolve_model_specs(models: str, root: str) -> str:
+    """`LABEL=MODEL,...` with every MODEL resolved by `resolve_model_spec`."""
+    from ray_app.inference.actors import parse_model_specs
+
+    return ",".join(f"{label}={resolve_model_spec(model, root)}" for label, model in parse_model_specs(models))
+
+
+def model_identity(spec: str) -> str:
+    """What a fingerprint records for a model: for one exported by our SFT, the fingerprint of the run
+    that trained it (retraining into the same folder changes it); otherwise the name as given."""
+    import json
+
+    from ray_app import storage
+
+    if get_preset(spec) is None:
+        summary = storage.join(spec, "train_summary.json")
+        try:
+            if storage.exists(summary):
+                return f"{spec}@{json.loads(storage.read_text(summary)).get('config_fingerprint')}"
+        except (OSError, ValueError):
+            pass
+    return spec

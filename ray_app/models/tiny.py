@@ -15,12 +15,12 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from ray_app import storage
 from ray_app.data.prompts import ANSWER_PREFIX, build_gsm_prompt, format_target_answer
 from ray_app.models.registry import ModelPreset
 from ray_app.utils.io import read_jsonl, sha256_file, sha256_text
 
 BUILDER_VERSION = "1"
-DEFAULT_CACHE = "~/.cache/ray_app/models"
 INIT_SEED = 0
 
 GEMMA_SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"]
@@ -164,7 +164,7 @@ def build_embedded_model(preset: ModelPreset, corpus_file: str, cache_dir: str |
     """Build (or reuse) the embedded model; returns its Hugging Face folder."""
     from filelock import FileLock
 
-    root = Path(os.path.expanduser(cache_dir or DEFAULT_CACHE))
+    root = Path(os.path.expanduser(cache_dir)) if cache_dir else storage.cache_root() / "models"
     root.mkdir(parents=True, exist_ok=True)
     target = root / f"{preset.name}-{build_key(preset, corpus_file)[:16]}"
     with FileLock(str(target) + ".lock"):

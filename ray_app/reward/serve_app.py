@@ -28,7 +28,8 @@ http_app = FastAPI(title="GSM reward model", description="Scores (question, resp
 
 @dataclass
 class ServeSettings:
-    model_path: str
+    model_path: str  # as named: preset, URI, shared path or Hub id; each replica resolves it on its node
+    corpus_file: str | None = None  # training rows, which an embedded model's tokenizer is built from
     num_replicas: int = 1
     num_cpus: float = 1.0
     num_gpus: float = 0.0
@@ -78,10 +79,16 @@ def validate_payload(body: bytes, max_body_bytes: int, max_responses: int) -> "t
 @serve.ingress(http_app)
 class RewardModel:
     def __init__(self, settings: dict):
+        from ray_app.models.registry import materialize_model
         from ray_app.reward.scorer import RewardScorer
+        from ray_app.utils.devices import assigned_device
 
+        from ray_app.utils.progress import quiet_progress_bars
+
+        quiet_progress_bars()  # a replica's output is a log, not a terminal
         self.settings = ServeSettings(**settings)
-        self.scorer = RewardScorer(self.settings.model_path)
+        # The device Ray assigned to this replica: a replica with reward_num_gpus=0 stays on the CPU.
+        self.scorer = RewardScorer(materialize_model(self.settings.model_path, self.settings.corpus_file), device=assigned_device())
         self._score_pair.set_max_batch_size(self.settings.max_batch_size)
         self._score_pair.set_batch_wait_timeout_s(self.settings.batch_wait_timeout_s)
         self.batch_sizes: list[int] = []
@@ -113,6 +120,7 @@ class RewardModel:
             "pid": os.getpid(),
             "compute_seconds": round(self.compute_seconds, 3),
             "torch_threads": torch.get_num_threads(),
+            "device": self.scorer.device,
             "scoring": self.scorer.stats.as_dict(),  # prefix sharing: tokens a pair-by-pair scorer would run vs ran
         }
 

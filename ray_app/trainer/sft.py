@@ -8,6 +8,7 @@ checkpoint if there is one, train, and export the final model (ZeRO-3 shards gat
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -18,8 +19,9 @@ import warnings
 from dataclasses import asdict
 from pathlib import Path
 
+from ray_app import storage
 from ray_app.config import BatchPlan, SFTConfig
-from ray_app.utils.io import atomic_write_json
+from ray_app.utils.fingerprint import check_or_record
 from ray_app.utils.run_info import versions
 
 CHECKPOINT_SUBDIR = "checkpoint"
@@ -71,7 +73,9 @@ def _wandb_env(cfg: SFTConfig) -> dict:
     mode = cfg.wandb_mode
     if mode == "auto":
         mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
-    return {"WANDB_MODE": mode, "WANDB_PROJECT": cfg.wandb_project, "WANDB_DIR": str(Path(cfg.run_dir).resolve()), "WANDB_SILENT": "true"}
+    # W&B writes its offline run to a local folder: the run folder when it is one, else the worker's temp dir.
+    wandb_dir = cfg.run_dir if not storage.is_uri(cfg.run_dir) else str(Path(tempfile.gettempdir()) / "ray_app_wandb" / cfg.resolved_run_name)
+    return {"WANDB_MODE": mode, "WANDB_PROJECT": cfg.wandb_project, "WANDB_DIR": wandb_dir, "WANDB_SILENT": "true"}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -83,6 +87,8 @@ def _make_callbacks(cfg: SFTConfig):
     import ray.train
     import transformers
     from transformers import TrainerCallback
+
+    from ray_app.utils.progress import interactive
 
     class ReportCheckpointToRay(TrainerCallback):
         """After each HF save, hand the checkpoint to Ray Train (which copies it to storage_path).
@@ -109,20 +115,29 @@ def _make_callbacks(cfg: SFTConfig):
     class FaultDrill(TrainerCallback):
         """`--fail-at-step K`: the last rank kills itself with SIGKILL once at step K (a lost worker)."""
 
-        def __init__(self, marker: Path):
-            self.marker = marker
+        def __init__(self, marker: str):
+            self.marker = marker  # in storage: the restarted group (maybe on other nodes) sees it
 
         def on_step_end(self, args, state, control, **kwargs):
             context = ray.train.get_context()
             last_rank = context.get_world_rank() == context.get_world_size() - 1
-            if last_rank and state.global_step == cfg.fail_at_step and not self.marker.exists():
-                self.marker.parent.mkdir(parents=True, exist_ok=True)
-                self.marker.write_text(f"killed rank {context.get_world_rank()} at step {state.global_step}\n")
+            if last_rank and state.global_step == cfg.fail_at_step and not storage.exists(self.marker):
+                storage.write_text(self.marker, f"killed rank {context.get_world_rank()} at step {state.global_step}\n")
                 os.kill(os.getpid(), signal.SIGKILL)
 
+    class ProgressLines(TrainerCallback):
+        """Outside a terminal (`ray job logs`) the tqdm bar is off: rank 0 prints a line per logged step."""
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if ray.train.get_context().get_world_rank() == 0 and logs and "loss" in logs:
+                print(f"[sft] step {state.global_step}/{state.max_steps} loss {logs['loss']:.4f} "
+                      f"lr {logs.get('learning_rate', 0):.2e}", flush=True)
+
     callbacks = [ReportCheckpointToRay()]
+    if not interactive():
+        callbacks.append(ProgressLines())
     if cfg.fail_at_step:
-        callbacks.append(FaultDrill(Path(cfg.run_dir) / "fault_drill.txt"))
+        callbacks.append(FaultDrill(storage.join(cfg.run_dir, "fault_drill.txt")))
     return callbacks
 
 
@@ -138,33 +153,52 @@ def train_func(config: dict) -> None:
         set_seed,
     )
 
+    from ray.train.torch import get_device
+
     from ray_app.data.encoding import load_and_prepare_train_dataset
+    from ray_app.models.registry import materialize_model
+    from ray_app.utils.progress import interactive, quiet_progress_bars
 
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed")
+    quiet_progress_bars()  # a worker's output is a log, not a terminal
     cfg = SFTConfig(**config["sft"])
     _CHECKPOINTING_ARG = _checkpointing_arg()
-    model_path = config["model_path"]
     plan = BatchPlan.from_config(cfg)
     context = ray.train.get_context()
     rank = context.get_world_rank()
-    on_gpu = torch.cuda.is_available()
+    check_placement(context, cfg)
+    # The device Ray assigned to this worker (cuda:<local index> with use_gpu, else cpu).
+    on_gpu = get_device().type == "cuda"
     bf16 = cfg.bf16 if cfg.bf16 is not None else on_gpu
     set_seed(cfg.seed)
     for key, value in config.get("env", {}).items():
         os.environ[key] = value
+    # Data and model reach this node through storage (or are rebuilt here, deterministically).
+    train_file = str(storage.local_copy(cfg.resolved_train_file))
+    model_path = materialize_model(cfg.model, corpus_file=cfg.resolved_train_file)
 
     # Ray Train already set up torch.distributed; DeepSpeed wraps that process group. It must know the
     # world size before ZeRO-3 partitions weights inside from_pretrained.
     import deepspeed
 
     deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo")
+    # Where each rank runs, recorded in the run summary (the multi-node tests read it).
+    import torch.distributed as dist
+
+    me = {"rank": rank, "node_rank": context.get_node_rank(), "local_rank": context.get_local_rank(),
+          "node_ip": ray.util.get_node_ip_address(), "device": str(get_device())}
+    placement = [None] * context.get_world_size()
+    dist.all_gather_object(placement, me)
+    config["placement"] = placement
+    if rank == 0:
+        print(f"[sft] placement: " + ", ".join(f"rank {p['rank']} on {p['node_ip']} ({p['device']})" for p in placement), flush=True)
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     # Node-local scratch for HF checkpoints; Ray Train copies them to storage on every save.
-    output_dir = Path(tempfile.gettempdir()) / "ray_app_sft" / cfg.run_name / f"attempt-{config['attempt_id']}"
+    output_dir = Path(tempfile.gettempdir()) / "ray_app_sft" / cfg.resolved_run_name / f"attempt-{config['attempt_id']}"
     args = TrainingArguments(
         output_dir=str(output_dir),
-        run_name=cfg.run_name,
+        run_name=cfg.resolved_run_name,
         per_device_train_batch_size=plan.per_device_batch_size,
         gradient_accumulation_steps=plan.gradient_accumulation_steps,
         num_train_epochs=cfg.num_train_epochs,
@@ -186,14 +220,15 @@ def train_func(config: dict) -> None:
         deepspeed=deepspeed_config(cfg, on_gpu),
         **{_CHECKPOINTING_ARG: cfg.gradient_checkpointing},
         report_to=["wandb"] if "WANDB_MODE" in config.get("env", {}) else [],
-        disable_tqdm=rank != 0,
+        disable_tqdm=rank != 0 or not interactive(),
         dataloader_num_workers=0,
         remove_unused_columns=False,
         use_cpu=not on_gpu,
     )
     with args.main_process_first(desc="encode training data"):
         # Rank 0 encodes and fills the Arrow cache; the others then read it.
-        train_dataset = load_and_prepare_train_dataset(cfg, tokenizer)
+        train_dataset = load_and_prepare_train_dataset(
+            dataclasses.replace(cfg, train_file=train_file, encode_cache_dir=cfg.resolved_encode_cache_dir), tokenizer)
 
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.bfloat16 if bf16 else torch.float32)
     collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100, pad_to_multiple_of=8)
@@ -234,26 +269,14 @@ def train_func(config: dict) -> None:
             "resumed_from_step": resumed_from_step,
             "log_history": trainer.state.log_history,
             "num_train_examples": len(train_dataset),
+            "model_path": model_path,
+            "config_fingerprint": config["fingerprint"],
+            "placement": config.get("placement"),
         }
         (export_tmp / "train_summary.json").write_text(json.dumps(summary, indent=2, default=str))
-        _copy_to_storage(export_tmp, config["export_dir"])
+        storage.upload_dir(export_tmp, config["export_dir"])
     ray.train.report({"global_step": trainer.state.global_step, "train_loss": result.training_loss}, checkpoint=None)
     shutil.rmtree(output_dir, ignore_errors=True)
-
-
-def _copy_to_storage(local_dir: Path, dest: str) -> None:
-    """Local folder -> local path or cloud URI (s3://, gs://, ...) through pyarrow's filesystems."""
-    if "://" in dest:
-        import pyarrow.fs
-
-        pyarrow.fs.copy_files(str(local_dir), dest)
-        return
-    dest_path = Path(dest)
-    tmp = dest_path.with_name(f".{dest_path.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(local_dir, tmp)
-    shutil.rmtree(dest_path, ignore_errors=True)
-    os.replace(tmp, dest_path)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -267,18 +290,73 @@ def cluster_has_gpus() -> bool:
     return ray.cluster_resources().get("GPU", 0) > 0
 
 
-def run_sft(cfg: SFTConfig, model_path: str, log=print) -> dict:
-    """Launch the Ray Train job; returns the run summary (also saved as RUN_DIR/run_manifest.json)."""
+def placement_strategy(cfg: SFTConfig) -> str:
+    """Workers per node as torchrun would place them: nproc_per_node on each of nnodes nodes.
+
+    One node: all workers on it (STRICT_PACK). One worker per node: each on its own (STRICT_SPREAD).
+    Otherwise PACK fills one node's GPUs before the next; `check_placement` verifies the result.
+    """
+    if cfg.nnodes == 1:
+        return "STRICT_PACK"
+    if cfg.nproc_per_node == 1:
+        return "STRICT_SPREAD"
+    return "PACK"
+
+
+def check_placement(context, cfg: SFTConfig) -> None:
+    """Worker side: refuse a layout other than nproc_per_node workers on each of nnodes nodes."""
+    local, node_rank = context.get_local_world_size(), context.get_node_rank()
+    if local != cfg.nproc_per_node or node_rank >= cfg.nnodes:
+        raise RuntimeError(
+            f"placement: worker {context.get_world_rank()} shares its node with {local - 1} others (node rank "
+            f"{node_rank}); --nproc-per-node {cfg.nproc_per_node} x --nnodes {cfg.nnodes} needs exactly "
+            f"{cfg.nproc_per_node} per node. Give each node {cfg.nproc_per_node} GPUs (or CPUs) for training, "
+            "or change the two flags to match the cluster"
+        )
+
+
+def training_settings(cfg: SFTConfig, plan: BatchPlan, train_sha256: str) -> dict:
+    """What decides the trained weights: a checkpoint made with other values must not be resumed.
+
+    Left out: how long to train (--max-steps / --num-train-epochs extend a run), and what only changes
+    speed, memory or bookkeeping (offload, checkpointing, logging, retries, the after-training check).
+    """
+    return {
+        "model": cfg.model, "train_file_sha256": train_sha256, "train_pct": cfg.train_pct, "shuffle": cfg.shuffle,
+        "max_seq_length": cfg.max_seq_length, "learning_rate": cfg.learning_rate,
+        "lr_scheduler_type": cfg.lr_scheduler_type, "warmup_ratio": cfg.warmup_ratio, "weight_decay": cfg.weight_decay,
+        "max_grad_norm": cfg.max_grad_norm, "per_device_batch_size": plan.per_device_batch_size,
+        "gradient_accumulation_steps": plan.gradient_accumulation_steps, "world_size": plan.world_size,
+        "zero_stage": cfg.zero_stage, "bf16": cfg.bf16, "seed": cfg.seed,
+    }
+
+
+def _sha256_of(path: str) -> str:
+    from ray_app.utils.io import sha256_file
+
+    return sha256_file(storage.local_copy(path))
+
+
+def run_sft(cfg: SFTConfig, log=print) -> dict:
+    """Launch the Ray Train job; returns the run summary (also saved as RUN_DIR/run_manifest.json).
+
+    Every location in `cfg` is absolute or a URI (config.resolve_paths); the driver only plans,
+    checks and reads summaries: data, model and device work happen in the workers.
+    """
     import ray
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
     plan = BatchPlan.from_config(cfg)
     use_gpu = cfg.use_gpu if cfg.use_gpu is not None else cluster_has_gpus()
-    run_dir = Path(cfg.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = cfg.run_dir
+    if cfg.fresh_run and storage.exists(run_dir):
+        log(f"[sft] --fresh-run: deleting the earlier run in {run_dir}")
+        storage.delete(run_dir)
+    settings = training_settings(cfg, plan, _sha256_of(cfg.resolved_train_file))
+    fingerprint = check_or_record(storage.join(run_dir, "run_config.json"), settings, f"SFT run '{cfg.resolved_run_name}'", "--fresh-run")
     # The drill's marker makes the kill happen once per launch, not again after the restart.
-    (run_dir / "fault_drill.txt").unlink(missing_ok=True)
+    storage.delete(storage.join(run_dir, "fault_drill.txt"))
     attempt_id = time.strftime("%Y%m%d-%H%M%S")
 
     resources = {"CPU": cfg.cpus_per_worker}
@@ -288,29 +366,20 @@ def run_sft(cfg: SFTConfig, model_path: str, log=print) -> dict:
         num_workers=plan.world_size,
         use_gpu=use_gpu,
         resources_per_worker=resources,
-        # One node: keep workers together. Several: spread so each node hosts nproc_per_node workers.
-        placement_strategy="PACK" if cfg.nnodes == 1 else "SPREAD",
+        placement_strategy=placement_strategy(cfg),
     )
     run_config = ray.train.RunConfig(
-        name=cfg.run_name,
-        storage_path=str(Path(cfg.storage_path).resolve()) if "://" not in cfg.storage_path else cfg.storage_path,
+        name=cfg.resolved_run_name,
+        storage_path=cfg.storage_path,
         checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.num_checkpoints_to_keep),
         failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
     )
     export_dir = cfg.resolved_export_dir
-    if "://" not in export_dir:
-        export_dir = str(Path(export_dir).resolve())
-    sft_dict = asdict(cfg)
-    for key in ("data_dir", "storage_path"):
-        if "://" not in sft_dict[key]:
-            sft_dict[key] = str(Path(sft_dict[key]).resolve())
-    sft_dict["train_file"] = str(Path(cfg.resolved_train_file).resolve())
-    sft_dict["encode_cache_dir"] = str(Path(cfg.resolved_encode_cache_dir).resolve())
     worker_config = {
-        "sft": sft_dict,
-        "model_path": model_path,
+        "sft": asdict(cfg),
         "export_dir": export_dir,
         "attempt_id": attempt_id,
+        "fingerprint": fingerprint,
         "env": _wandb_env(cfg),
     }
     trainer = TorchTrainer(
@@ -320,29 +389,31 @@ def run_sft(cfg: SFTConfig, model_path: str, log=print) -> dict:
         run_config=run_config,
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
     )
-    log(f"[sft] launching Ray Train: {plan.world_size} workers, use_gpu={use_gpu}, ZeRO-{cfg.zero_stage}, storage={run_config.storage_path}/{cfg.run_name}")
+    log(f"[sft] launching Ray Train: {plan.world_size} workers ({cfg.nproc_per_node} per node x {cfg.nnodes} nodes, "
+        f"{scaling.placement_strategy}), use_gpu={use_gpu}, ZeRO-{cfg.zero_stage}, checkpoints -> {run_dir}")
     started = time.perf_counter()
     result = trainer.fit()
     seconds = time.perf_counter() - started
     if result.error:
         raise RuntimeError(f"training failed: {result.error}") from result.error
 
-    summary = json.loads((Path(export_dir) / "train_summary.json").read_text()) if "://" not in export_dir else {}
+    summary = storage.read_json(storage.join(export_dir, "train_summary.json"))
     return {
         "export_dir": export_dir,
-        "model_path": model_path,
         "batch_plan": asdict(plan) | {"world_size": plan.world_size, "effective_batch_size": plan.effective_batch_size},
         "use_gpu": use_gpu,
         "fit_seconds": seconds,
         "ray_checkpoint": result.checkpoint.path if result.checkpoint else None,
-        "fault_drill": (run_dir / "fault_drill.txt").read_text().strip() if (run_dir / "fault_drill.txt").exists() else None,
+        "fault_drill": storage.read_text(storage.join(run_dir, "fault_drill.txt")).strip()
+        if storage.exists(storage.join(run_dir, "fault_drill.txt")) else None,
+        "training_settings": settings,
         **{k: v for k, v in summary.items() if k != "log_history"},
         "log_history": summary.get("log_history", []),
         "versions": versions(),
     }
 
 
-def save_run_manifest(cfg: SFTConfig, summary: dict, extra: dict | None = None) -> Path:
-    path = Path(cfg.run_dir) / "run_manifest.json"
-    atomic_write_json(path, {"config": asdict(cfg), **summary, **(extra or {})})
+def save_run_manifest(cfg: SFTConfig, summary: dict, extra: dict | None = None) -> str:
+    path = storage.join(cfg.run_dir, "run_manifest.json")
+    storage.write_json(path, {"config": asdict(cfg), **summary, **(extra or {})})
     return path

@@ -13,7 +13,11 @@ def init_ray(num_cpus: int | None = None, log=print) -> None:
         return
     address = os.environ.get("RAY_ADDRESS")
     if address:
-        # `ray job submit` sets RAY_ADDRESS; the job joins that cluster (and its dashboard).
+        # `ray job submit` sets RAY_ADDRESS to the cluster's GCS; the job joins that cluster. A shell
+        # set up for `ray job submit` has the dashboard's http:// address there: a script run from it
+        # joins the Ray cluster running on this machine.
+        if address.startswith(("http://", "https://")):
+            address = "auto"
         ray.init(address=address, log_to_driver=True)
         log(f"[ray] connected to cluster at {address}: {ray.cluster_resources()}")
         return

@@ -1,0 +1,68 @@
+"""What every job does around its work: find and check the storage root, make sure the data is
+there, connect to Ray, and turn the errors a user can fix into one line and exit status 2."""
+
+from __future__ import annotations
+
+import sys
+from typing import Callable
+
+from ray_app import storage
+from ray_app.config import ConfigError, DataConfig, resolve_paths, resolve_section
+
+USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, storage.StorageError, ValueError, FileNotFoundError)
+
+
+def start(args, log=print) -> str:
+    """Print where outputs go and stop now if that place cannot be written."""
+    log(storage.describe_root(args.storage_root))
+    storage.check_root(args.storage_root)
+    return args.storage_root
+
+
+def data_config(args) -> DataConfig:
+    """The preset's (and --config file's) data section, its paths under the storage root."""
+    return resolve_paths(resolve_section("data", args.preset, args.config, {}), args.storage_root)
+
+
+def ensure_data(data_dir: str, args, log=print) -> str:
+    """The job's data sets, built into `data_dir` first if they are not there (needs Ray for the tasks)."""
+    from ray_app.data.gsm import ensure_data as build_if_missing
+
+    return build_if_missing(data_dir, data_config(args), log=log)
+
+
+def connect_ray() -> None:
+    from ray_app.utils.progress import quiet_ray_data_progress
+    from ray_app.utils.ray_init import init_ray
+
+    init_ray()
+    quiet_ray_data_progress()
+
+
+def run(main: Callable[[], int]) -> int:
+    """Run a job body; bad input (config, storage, data, models) becomes 'error: ...' and exit 2."""
+    from ray_app.utils.fingerprint import ConfigMismatch
+    from ray_app.utils.io import DataError
+
+    try:
+        return main()
+    except (DataError, ConfigMismatch, *USER_ERRORS) as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 2
+
+
+DATA_DIR_HELP = "folder with the data sets [default: STORAGE_ROOT/data, built there when missing]"
+ROOT_HELP = f"storage root [default: ${storage.ROOT_ENV} or {storage.DEFAULT_ROOT}]"
+
+
+def bench_data_dir(data_dir: str | None, storage_root: str | None, use_ray: bool) -> str:
+    """A bench's data folder: --data-dir, else <root>/data built from the default preset when missing."""
+    import dataclasses
+
+    from ray_app.config import DEFAULT_PRESET
+    from ray_app.data.gsm import ensure_data as build_if_missing
+
+    root = storage.resolve_root(storage_root)
+    data_dir = storage.under_root(root, data_dir or "data")
+    cfg = resolve_paths(resolve_section("data", DEFAULT_PRESET, None, {}), root)
+    return build_if_missing(data_dir, dataclasses.replace(cfg, use_ray=cfg.use_ray and use_ray))

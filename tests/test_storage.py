@@ -1,0 +1,124 @@
+"""The storage module against real files and a real S3-compatible server (moto, on loopback), the
+config rules that decide where things go, and the fingerprints that keep runs apart."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from conftest import make_bucket, run_job
+from ray_app import storage
+from ray_app.config import BatchPlan, parse_job_config
+from ray_app.utils.fingerprint import ConfigMismatch, check_or_record
+
+
+def test_paths_resolve_under_the_root_and_uris_stay_intact(tmp_path):
+    assert storage.join("s3://b/x", "sft", "run") == "s3://b/x/sft/run"  # Path() would make it s3:/b/x
+    assert storage.under_root("s3://b/x", "data") == "s3://b/x/data"
+    assert storage.under_root(str(tmp_path), "data") == str(tmp_path / "data")
+    assert storage.under_root(str(tmp_path), "/abs/data") == "/abs/data"
+    assert storage.under_root(str(tmp_path), "gs://o/p/") == "gs://o/p"
+    cfg, args = parse_job_config("sft", "x", ["--storage-root", "s3://bucket/prefix", "--model", "google/gemma-3-1b-it"])
+    assert args.storage_root == "s3://bucket/prefix"
+    assert cfg.run_dir == "s3://bucket/prefix/sft/sft-gemma-3-1b-it"  # the run name carries the model
+    assert cfg.resolved_export_dir == "s3://bucket/prefix/sft/sft-gemma-3-1b-it/final_model"
+    assert cfg.resolved_train_file == "s3://bucket/prefix/data/gsm_symbolic_train.jsonl"
+
+
+def test_root_comes_from_flag_then_environment_then_home(tmp_path, monkeypatch):
+    monkeypatch.setenv(storage.ROOT_ENV, str(tmp_path / "env-root"))
+    assert storage.resolve_root() == str(tmp_path / "env-root")
+    assert storage.resolve_root("s3://b/p/") == "s3://b/p"
+    monkeypatch.delenv(storage.ROOT_ENV)
+    assert storage.resolve_root() == str(Path("~/ray-app-gsm").expanduser())
+
+
+def test_relative_root_is_refused_inside_a_jobs_temporary_working_dir(tmp_path, monkeypatch):
+    copy = tmp_path / "session_x" / "runtime_resources" / "working_dir_files" / "_ray_pkg_abc"
+    copy.mkdir(parents=True)
+    monkeypatch.chdir(copy)
+    with pytest.raises(storage.StorageError, match="temporary copy of the working dir"):
+        storage.resolve_root("outputs")
+    assert storage.ephemeral_working_dir(copy) == str(copy)
+    assert storage.ephemeral_working_dir(tmp_path) is None
+
+
+def test_explicit_flag_beats_the_preset_and_contradicting_flags_are_refused(capsys):
+    # The tiny preset sets effective_batch_size 16; an explicit accumulation replaces it, never the reverse.
+    cfg, _ = parse_job_config("sft", "x", ["--gradient-accumulation-steps", "4"])
+    plan = BatchPlan.from_config(cfg)
+    assert (plan.gradient_accumulation_steps, plan.effective_batch_size) == (4, 8 * 4 * 2)
+    cfg, _ = parse_job_config("sft", "x", ["--effective-batch-size", "32"])
+    assert BatchPlan.from_config(cfg).gradient_accumulation_steps == 2
+    with pytest.raises(SystemExit) as e:
+        parse_job_config("sft", "x", ["--gradient-accumulation-steps", "4", "--effective-batch-size", "32"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "--gradient-accumulation-steps and --effective-batch-size contradict" in err
+
+
+def test_fingerprint_mismatch_names_the_fields(tmp_path):
+    path = str(tmp_path / "run_config.json")
+    fp = check_or_record(path, {"learning_rate": 1e-3, "seed": 1}, "SFT run 'x'", "--fresh-run")
+    assert json.loads(Path(path).read_text())["fingerprint"] == fp
+    assert check_or_record(path, {"learning_rate": 1e-3, "seed": 1}, "SFT run 'x'", "--fresh-run") == fp
+    with pytest.raises(ConfigMismatch, match=r"learning_rate differs: learning_rate: 0.001 -> 0.0005.*--fresh-run"):
+        check_or_record(path, {"learning_rate": 5e-4, "seed": 1}, "SFT run 'x'", "--fresh-run")
+
+
+def test_s3_round_trip_listing_and_cached_downloads(s3_server, tmp_path):
+    root = make_bucket("roundtrip") + "/prefix"
+    storage.check_root(root)
+    storage.write_json(storage.join(root, "a", "m.json"), {"x": 1})
+    assert storage.read_json(storage.join(root, "a", "m.json")) == {"x": 1}
+    assert storage.exists(storage.join(root, "a")) and storage.is_dir(storage.join(root, "a"))
+    assert not storage.exists(storage.join(root, "nope"))
+
+    local = tmp_path / "model"
+    local.mkdir()
+    (local / "config.json").write_text("{}")
+    (local / "weights.bin").write_bytes(b"\0" * 1000)
+    storage.upload_dir(local, storage.join(root, "model"))
+    assert [storage.basename(p) for p in storage.list_files(storage.join(root, "model"))] == ["config.json", "weights.bin"]
+    copy = storage.local_copy(storage.join(root, "model"))
+    assert (copy / "weights.bin").read_bytes() == b"\0" * 1000
+    assert storage.local_copy(storage.join(root, "model")) == copy  # cached
+    (local / "weights.bin").write_bytes(b"\1" * 10)  # the remote model changes: the next copy follows
+    storage.upload_dir(local, storage.join(root, "model"))
+    assert (storage.local_copy(storage.join(root, "model")) / "weights.bin").read_bytes() == b"\1" * 10
+    storage.delete(storage.join(root, "model"))
+    assert not storage.exists(storage.join(root, "model", "config.json"))
+    assert not any(p.name.startswith("s3:") for p in Path.cwd().iterdir())
+
+
+def test_missing_bucket_or_unreachable_endpoint_stops_at_start_naming_the_uri(s3_server, monkeypatch):
+    with pytest.raises(storage.StorageError, match=r"s3://no-such-bucket/x: bucket 'no-such-bucket' does not exist"):
+        storage.check_root("s3://no-such-bucket/x")
+    from conftest import free_port
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    with pytest.raises(storage.StorageError, match=r"s3://roundtrip/x"):
+        storage.check_root("s3://roundtrip/x")
+
+
+def test_a_job_with_a_missing_bucket_fails_before_any_work(s3_server):
+    proc = run_job("sft.py", "--storage-root", "s3://missing-bucket/gsm", "--max-steps", "2", check=False, timeout=300)
+    assert proc.returncode == 2
+    assert "error: storage root s3://missing-bucket/gsm: bucket 'missing-bucket' does not exist" in proc.stderr
+    assert "[ray]" not in proc.stdout  # stopped before connecting to Ray, let alone training
+
+
+def test_data_built_into_a_bucket_reads_back(s3_server, tmp_path):
+    """prepare_data with an s3:// root: built locally, uploaded; load_split reads it from the bucket."""
+    from conftest import GSM8K_TEST
+    from ray_app.data.gsm import has_data, load_split
+
+    root = make_bucket("data-build") + "/gsm"
+    run_job("prepare_data.py", "--storage-root", root, "--no-use-ray", "--num-templates", "3", "--train-size", "30",
+            "--non-overlapping-size", "5", "--gsm8k-source", str(GSM8K_TEST), "--build-models", "", timeout=900)
+    assert has_data(root + "/data")
+    rows = load_split(root + "/data", "gsm_symbolic_train")
+    assert len(rows) == 30 and rows[0]["template_id"] is not None
+    assert not (Path.cwd() / "s3:").exists() and not os.path.exists("s3:")
