@@ -27,11 +27,8 @@ image = (
 @app.function(image=image, gpu="A100-40GB:4", timeout=6 * 3600, volumes={"/outputs": volume},
               secrets=[modal.Secret.from_name("huggingface", required_keys=["HF_TOKEN"])])
 def run_job(job: str, args: str = "") -> None:
-    cmd = ["python", f"/app/jobs/{job}.py", *shlex.split(args)]
-    if job != "prepare_data":
-        cmd += ["--storage-path", "/outputs/sft", "--data-dir", "/outputs/data"]
-    else:
-        cmd += ["--out-dir", "/outputs/data"]
+    # Every job takes --storage-root: data, checkpoints, models and results all land on the volume.
+    cmd = ["python", f"/app/jobs/{job}.py", "--storage-root", "/outputs", *shlex.split(args)]
     subprocess.run(cmd, check=True, cwd="/app")
     volume.commit()
 

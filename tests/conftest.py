@@ -1,5 +1,6 @@
 import os
 import subprocess
+import tempfile
 import sys
 from pathlib import Path
 
@@ -13,6 +14,8 @@ GSM8K_TEST = SHARED / "data/gsm8k/test.jsonl"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("WANDB_SILENT", "true")
+# Jobs run without a storage flag write under the default root; keep that out of the real HOME.
+os.environ.setdefault("RAY_APP_STORAGE_ROOT", tempfile.mkdtemp(prefix="ray-app-gsm-tests-"))
 
 
 def run_job(script: str, *args: str, timeout: int = 1800, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:

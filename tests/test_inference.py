@@ -61,7 +61,7 @@ def test_sample_and_score_streams_and_resumes(full_data, tmp_path):
     # Resume: a finished run generates nothing; a lost part is regenerated alone, nothing scored twice.
     run_job("sample.py", *args, timeout=900)
     assert json.loads((out / "sample_manifest.json").read_text())["scored_this_run"] == 0
-    lost = sorted((out / "parts").glob("small-*.jsonl"))[0]
+    lost = sorted((out / "parts").glob("*-small-*.jsonl"))[0]  # parts are named FINGERPRINT-LABEL-KEY
     lost_rows = len(lost.read_text().splitlines())
     lost.unlink()
     run_job("sample.py", *args, timeout=900)

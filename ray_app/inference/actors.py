@@ -8,22 +8,7 @@ import time
 import numpy as np
 
 from ray_app.data.prompts import extract_answer
-
-
-def parse_model_specs(specs: str) -> list[tuple[str, str]]:
-    """'base=tiny-gemma3-small,sft=outputs/sft/x/final_model' -> [(label, model), ...]."""
-    out = []
-    for item in [s.strip() for s in specs.split(",") if s.strip()]:
-        label, _, model = item.partition("=") if "=" in item else (item, "", item)
-        if not label or not model:
-            raise ValueError(f"bad model spec '{item}': use LABEL=MODEL or MODEL")
-        out.append((label, model))
-    labels = [label for label, _ in out]
-    if len(set(labels)) != len(labels):
-        raise ValueError(f"model labels must be unique: {labels}")
-    if not out:
-        raise ValueError("no models given")
-    return out
+from ray_app.models.registry import parse_model_specs  # noqa: F401  (re-exported: LABEL=MODEL specs)
 
 
 def batch_seed(seed: int, label: str, question_ids) -> int:

@@ -9,9 +9,9 @@ from ray_app.analysis.report import to_markdown
 from ray_app.analysis.strategies import wilson_interval
 from ray_app.config import EvalConfig
 from ray_app.data.gsm import load_split
-from ray_app.inference.actors import GenerationActor, parse_model_specs
+from ray_app.inference.actors import GenerationActor
 from ray_app import storage
-from ray_app.models.registry import model_identity
+from ray_app.models.registry import model_identity, parse_model_specs
 from ray_app.utils.fingerprint import fingerprint
 from ray_app.utils.io import dumps_row
 from ray_app.utils.run_info import versions

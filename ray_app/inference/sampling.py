@@ -22,10 +22,9 @@ from dataclasses import asdict
 
 from ray_app.analysis.report import SAMPLE_COLUMNS
 from ray_app.config import SampleConfig
-from ray_app.inference.actors import parse_model_specs
 from ray_app.inference.evaluation import generate_with_actors, gpus_per_actor, question_rows
 from ray_app import storage
-from ray_app.models.registry import model_identity
+from ray_app.models.registry import model_identity, parse_model_specs
 from ray_app.utils.fingerprint import check_or_record
 from ray_app.utils.io import DataError, dumps_row
 from ray_app.utils.run_info import versions

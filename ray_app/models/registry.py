@@ -104,6 +104,22 @@ MODEL_PRESETS: dict[str, ModelPreset] = {
 }
 
 
+def parse_model_specs(specs: str) -> list[tuple[str, str]]:
+    """'base=tiny-gemma3-small,sft=outputs/sft/x/final_model' -> [(label, model), ...]."""
+    out = []
+    for item in [s.strip() for s in specs.split(",") if s.strip()]:
+        label, _, model = item.partition("=") if "=" in item else (item, "", item)
+        if not label or not model:
+            raise ValueError(f"bad model spec '{item}': use LABEL=MODEL or MODEL")
+        out.append((label, model))
+    labels = [label for label, _ in out]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"model labels must be unique: {labels}")
+    if not out:
+        raise ValueError("no models given")
+    return out
+
+
 def get_preset(name: str) -> ModelPreset | None:
     return MODEL_PRESETS.get(name)
 
@@ -171,8 +187,6 @@ def materialize_model(spec: str, corpus_file: str | None = None) -> str:
 
 def resolve_model_specs(models: str, root: str) -> str:
     """`LABEL=MODEL,...` with every MODEL resolved by `resolve_model_spec`."""
-    from ray_app.inference.actors import parse_model_specs
-
     return ",".join(f"{label}={resolve_model_spec(model, root)}" for label, model in parse_model_specs(models))
 
 

@@ -9,15 +9,19 @@ and the result is cached by a hash of (preset, corpus, builder version).
 
 from __future__ import annotations
 
+# `preset` arguments are ray_app.models.registry.ModelPreset objects (not imported: the registry
+# imports this module to build its embedded presets).
+
 import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
 from ray_app import storage
 from ray_app.data.prompts import ANSWER_PREFIX, build_gsm_prompt, format_target_answer
-from ray_app.models.registry import ModelPreset
 from ray_app.utils.io import read_jsonl, sha256_file, sha256_text
 
 BUILDER_VERSION = "1"
@@ -167,15 +171,29 @@ def build_embedded_model(preset: ModelPreset, corpus_file: str, cache_dir: str |
     root = Path(os.path.expanduser(cache_dir)) if cache_dir else storage.cache_root() / "models"
     root.mkdir(parents=True, exist_ok=True)
     target = root / f"{preset.name}-{build_key(preset, corpus_file)[:16]}"
+    if (target / "config.json").is_file():
+        return target
+    if _in_process_group():
+        # transformers 5 writes weights only on distributed rank 0, and this cache is per node: a
+        # training worker of another rank builds it in a fresh process outside the process group.
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(storage.PROJECT_ROOT), os.environ.get("PYTHONPATH", "")) if p)}
+        child = ("import sys; from ray_app.models.registry import resolve_model_path; "
+                 "resolve_model_path(sys.argv[1], corpus_file=sys.argv[2], cache_dir=sys.argv[3])")
+        subprocess.run([sys.executable, "-c", child, preset.name, str(corpus_file), str(root)], check=True, env=env)
+        return target
     with FileLock(str(target) + ".lock"):
         if (target / "config.json").is_file():
             return target
+        if target.exists():  # a leftover of an interrupted build
+            shutil.rmtree(target)
         tokenizer = train_tokenizer(corpus_texts(corpus_file), preset.build["vocab_size"], preset.build["family"])
         model = _build_model(preset, tokenizer)
         tmp = Path(tempfile.mkdtemp(prefix=f".{preset.name}.", dir=root))
         try:
             model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
+            if not (tmp / "config.json").is_file():
+                raise RuntimeError(f"saving {preset.name} wrote no config.json into {tmp}")
             (tmp / "embedded_model.json").write_text(
                 json.dumps(
                     {"preset": preset.name, "notes": preset.notes, "corpus_sha256": sha256_file(corpus_file),
@@ -190,3 +208,10 @@ def build_embedded_model(preset: ModelPreset, corpus_file: str, cache_dir: str |
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     return target
+
+
+def _in_process_group() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized()
+
