@@ -44,7 +44,7 @@ def bash(script: str, env: dict, timeout: int = 1800) -> subprocess.CompletedPro
 def test_readme_cluster_commands_as_typed(home):
     home, env = home
     commands = readme_block("cluster-quickstart")
-    assert "ray start --head" in commands and "ray job submit --working-dir . -- python jobs/sft.py --max-steps 4" in commands
+    assert "ray get-auth-token --generate\nray start --head" in commands and "ray job submit --working-dir . -- python jobs/sft.py --max-steps 4" in commands
     # Run the block as typed, but keep the cluster up for the checks below (the block ends with `ray stop`).
     body, stop = commands.rstrip().rsplit("\n", 1)
     assert stop.strip().startswith("ray stop")
@@ -52,6 +52,9 @@ def test_readme_cluster_commands_as_typed(home):
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-10000:]
     assert out.count("succeeded") >= 3, out[-4000:]
+    import requests
+
+    assert requests.get("http://127.0.0.1:8265/api/jobs/", timeout=30).status_code == 401  # token auth is on
 
     root = home / "ray-app-gsm"
     run = root / "sft" / "sft-tiny-gemma3-small"

@@ -17,6 +17,7 @@ def init_ray(num_cpus: int | None = None, log=print) -> None:
         # set up for `ray job submit` has the dashboard's http:// address there: a script run from it
         # joins the Ray cluster running on this machine.
         if address.startswith(("http://", "https://")):
+            os.environ.pop("RAY_ADDRESS")  # ray.init reads it too, and refuses an http:// address
             address = "auto"
         ray.init(address=address, log_to_driver=True)
         log(f"[ray] connected to cluster at {address}: {ray.cluster_resources()}")
