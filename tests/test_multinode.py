@@ -6,6 +6,7 @@ as the autoscaler would add one), and a second job reads the trained model from 
 
 import json
 import os
+import secrets
 import subprocess
 import sys
 import threading
@@ -27,7 +28,8 @@ def _node_env(home: Path) -> dict:
     # TORCH_EXTENSIONS_DIR stays shared: it holds DeepSpeed's compiled CPU ops, as a node image would.
     torch_ext = os.environ.get("TORCH_EXTENSIONS_DIR") or str(Path("~/.cache/torch_extensions").expanduser())
     return {"HOME": str(home), "XDG_CACHE_HOME": str(home / ".cache"), "TORCH_EXTENSIONS_DIR": torch_ext,
-            "HF_HUB_OFFLINE": "1", "WANDB_SILENT": "true"}
+            "HF_HUB_OFFLINE": "1", "WANDB_SILENT": "true",
+            "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": os.environ["RAY_AUTH_TOKEN"]}
 
 
 @pytest.fixture(scope="module")
@@ -37,16 +39,31 @@ def cluster(tmp_path_factory, s3_server, full_data):
 
     ray.shutdown()
     homes = tmp_path_factory.mktemp("nodes")
+    # Token auth on, as Ray 2.60 turns it on once this machine has a token: nodes with their own HOME
+    # find no ~/.ray/auth_token, so (as on a real cluster) the token travels in their environment.
+    token_file = Path("~/.ray/auth_token").expanduser()
+    token = os.environ.get("RAY_AUTH_TOKEN") or (token_file.read_text().strip() if token_file.is_file() else secrets.token_hex(32))
+    saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
+    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)
     # The head runs drivers, controllers and Serve's proxy, but no work: 0 CPUs, 0 GPUs for tasks.
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "num_gpus": 0, "include_dashboard": True,
                                                             "dashboard_port": 0})
-    nodes = {}
-    for name, ip in (("node-b", "127.0.0.2"), ("node-c", "127.0.0.3")):
-        nodes[name] = cluster.add_node(num_cpus=NODE_CPUS, num_gpus=1, node_ip_address=ip, env_vars=_node_env(homes / name))
-    cluster.wait_for_nodes()
-    yield {"cluster": cluster, "nodes": nodes, "homes": homes}
-    ray.shutdown()
-    cluster.shutdown()
+    try:
+        nodes = {}
+        for name, ip in (("node-b", "127.0.0.2"), ("node-c", "127.0.0.3")):
+            nodes[name] = cluster.add_node(num_cpus=NODE_CPUS, num_gpus=1, node_ip_address=ip, env_vars=_node_env(homes / name))
+        cluster.wait_for_nodes()
+        yield {"cluster": cluster, "nodes": nodes, "homes": homes}
+    finally:
+        # Always, also when a node failed to start: a head left running would be joined by every
+        # later `ray.init()` on this machine (Ray records it as the current cluster).
+        ray.shutdown()
+        cluster.shutdown()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def _driver_env(cluster) -> dict:
