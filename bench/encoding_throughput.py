@@ -5,7 +5,7 @@ Encodes the training rows through `load_and_prepare_train_dataset` (the path the
 with the Arrow cache disabled, best of `--repeats`, and prints ratios against num_proc=1 measured in
 the same process.
 
-    python bench/encoding_throughput.py [--train-file outputs/data/gsm_symbolic_train.jsonl] [--num-proc 1,2]
+    python bench/encoding_throughput.py [--train-file data/gsm_symbolic_train.jsonl]  # under the storage root [--num-proc 1,2]
 """
 
 from __future__ import annotations
@@ -50,6 +50,8 @@ def main(argv=None) -> int:
 
     if args.train_file is None:
         args.train_file = storage.join(cli.bench_data_dir(None, args.storage_root, use_ray=False), "gsm_symbolic_train.jsonl")
+    else:  # relative paths are under the storage root, as in every job
+        args.train_file = storage.under_root(storage.resolve_root(args.storage_root), args.train_file)
     args.train_file = str(storage.local_copy(args.train_file))
     datasets.disable_progress_bars()
     datasets.disable_caching()

@@ -105,7 +105,7 @@ MODEL_PRESETS: dict[str, ModelPreset] = {
 
 
 def parse_model_specs(specs: str) -> list[tuple[str, str]]:
-    """'base=tiny-gemma3-small,sft=outputs/sft/x/final_model' -> [(label, model), ...]."""
+    """'base=tiny-gemma3-small,sft=sft/x/final_model' -> [(label, model), ...]."""
     out = []
     for item in [s.strip() for s in specs.split(",") if s.strip()]:
         label, _, model = item.partition("=") if "=" in item else (item, "", item)
@@ -136,7 +136,7 @@ def resolve_model_path(name_or_path: str, corpus_file: str | None = None, cache_
     if corpus_file is None:
         raise ValueError(
             f"embedded model '{preset.name}' trains its tokenizer on the training data; pass the training JSONL "
-            "(jobs/prepare_data.py writes outputs/data/gsm_symbolic_train.jsonl)"
+            "(jobs/prepare_data.py writes STORAGE_ROOT/data/gsm_symbolic_train.jsonl)"
         )
     return str(build_embedded_model(preset, corpus_file, cache_dir))
 
