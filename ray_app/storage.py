@@ -195,7 +195,16 @@ def write_text(path: str, text: str) -> None:
 
 
 def write_json(path: str, obj: Any) -> None:
-    write_text(path, json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False, default=str) + "\n")
+    from ray_app.utils.io import dumps_json
+
+    write_text(path, dumps_json(obj))
+
+
+def write_jsonl(path: str, rows) -> None:
+    """One JSON object per line, in the project's row format (`utils.io.dumps_row`)."""
+    from ray_app.utils.io import dumps_jsonl
+
+    write_text(path, dumps_jsonl(rows))
 
 
 def delete(path: str) -> None:

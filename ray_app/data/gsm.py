@@ -448,6 +448,12 @@ def has_data(data_dir: str) -> bool:
     return all(storage.exists(storage.join(data_dir, name)) for name in [f"{s}.jsonl" for s in SPLITS] + ["manifest.json"])
 
 
+def manifest_sha256(data_dir: str) -> str | None:
+    """Short hash of a build's manifest (its files' hashes, seed, sources): which data a run used."""
+    path = storage.join(data_dir, "manifest.json")
+    return hashlib.sha256(storage.read_bytes(path)).hexdigest()[:16] if storage.exists(path) else None
+
+
 def ensure_data(data_dir: str, data_cfg, log=print) -> str:
     """Build the four data sets into `data_dir` unless a complete build is there (seeded, cached per
     template, so every build from one config has the same bytes). Returns data_dir."""

@@ -8,12 +8,11 @@ from dataclasses import asdict
 from ray_app.analysis.report import to_markdown
 from ray_app.analysis.strategies import wilson_interval
 from ray_app.config import EvalConfig
-from ray_app.data.gsm import load_split
+from ray_app.data.gsm import load_split, manifest_sha256
 from ray_app.inference.actors import GenerationActor
 from ray_app import storage
 from ray_app.models.registry import model_identity, parse_model_specs
 from ray_app.utils.fingerprint import fingerprint
-from ray_app.utils.io import dumps_row
 from ray_app.utils.run_info import versions
 
 TABLE1_COLUMNS = {
@@ -98,13 +97,13 @@ def run_evaluation(cfg: EvalConfig, log=print) -> dict:
     predictions = pd.concat(frames, ignore_index=True).sort_values(["model", "dataset", "question_id"], kind="stable")
     out = cfg.out_dir
     predictions = predictions.drop(columns=["sample_idx", "generation_started_at", "generated_at"])
-    storage.write_text(storage.join(out, "predictions.jsonl"), "".join(dumps_row(r) + "\n" for r in predictions.to_dict(orient="records")))
+    storage.write_jsonl(storage.join(out, "predictions.jsonl"), predictions.to_dict(orient="records"))
     numeric, pretty = table1(predictions)
     storage.write_text(storage.join(out, "table1_accuracy.csv"), numeric.to_csv(index=False, float_format="%.2f"))
     storage.write_text(storage.join(out, "table1_accuracy.md"), "Greedy accuracy (%) [95% Wilson CI]\n\n" + to_markdown(pretty))
     settings = {"models": {label: model_identity(m) for label, m in parse_model_specs(cfg.models)}, "datasets": splits,
                 "limit": cfg.limit, "max_new_tokens": cfg.max_new_tokens,
-                "data_manifest_sha256": _data_manifest_sha(cfg.data_dir)}
+                "data_manifest_sha256": manifest_sha256(cfg.data_dir)}
     summary = {"config": asdict(cfg), "settings": settings, "config_fingerprint": fingerprint(settings), "rows": len(predictions),
                "seconds": {**seconds, "total": time.perf_counter() - started}, "num_gpus_per_actor": num_gpus, "versions": versions()}
     storage.write_json(storage.join(out, "eval_manifest.json"), summary)
@@ -112,9 +111,3 @@ def run_evaluation(cfg: EvalConfig, log=print) -> dict:
     log(f"[eval] done: {len(predictions)} predictions, Table 1 -> {storage.join(out, 'table1_accuracy.md')} (and .csv, predictions.jsonl)")
     return {"predictions": predictions, "table1": numeric, "paths": {"table1_csv": storage.join(out, "table1_accuracy.csv")}, **summary}
 
-
-def _data_manifest_sha(data_dir: str) -> str | None:
-    import hashlib
-
-    path = storage.join(data_dir, "manifest.json")
-    return hashlib.sha256(storage.read_bytes(path)).hexdigest()[:16] if storage.exists(path) else None

@@ -22,11 +22,12 @@ from dataclasses import asdict
 
 from ray_app.analysis.report import SAMPLE_COLUMNS
 from ray_app.config import SampleConfig
+from ray_app.data.gsm import manifest_sha256
 from ray_app.inference.evaluation import generate_with_actors, gpus_per_actor, question_rows
 from ray_app import storage
 from ray_app.models.registry import model_identity, parse_model_specs
 from ray_app.utils.fingerprint import check_or_record
-from ray_app.utils.io import DataError, dumps_row
+from ray_app.utils.io import DataError
 from ray_app.utils.run_info import versions
 
 TIMING_COLUMNS = ["generation_started_at", "generated_at", "scored_at", "reward_replica_pid"]
@@ -72,7 +73,7 @@ def _score_and_write(handle, batch, parts_dir: str, fp: str, retries: int, log) 
     key = hashlib.sha256(",".join(sorted(set(batch["question_id"]))).encode()).hexdigest()[:16]
     label = str(batch["model"].iloc[0])
     rows = batch[SAMPLE_COLUMNS + TIMING_COLUMNS].to_dict(orient="records")
-    storage.write_text(storage.join(parts_dir, f"{fp}-{label}-{key}.jsonl"), "".join(dumps_row(r) + "\n" for r in rows))
+    storage.write_jsonl(storage.join(parts_dir, f"{fp}-{label}-{key}.jsonl"), rows)
     return len(batch), attempt
 
 
@@ -159,7 +160,7 @@ def run_sampling(cfg: SampleConfig, log=print) -> dict:
     buffer = io.BytesIO()
     df.to_parquet(buffer, index=False)
     storage.write_bytes(storage.join(out, "samples.parquet"), buffer.getvalue())
-    storage.write_text(storage.join(out, "samples.jsonl"), "".join(dumps_row(r) + "\n" for r in df.to_dict(orient="records")))
+    storage.write_jsonl(storage.join(out, "samples.jsonl"), df.to_dict(orient="records"))
     new = df[df["scored_at"] >= started_at]  # rows scored by this run (a resumed run keeps older ones)
     overlap = None
     if len(new):
@@ -189,11 +190,9 @@ def load_manifest(out_dir: str) -> dict:
 def sampling_settings(cfg: SampleConfig) -> dict:
     """What decides the samples and their rewards. Left out: which questions (--limit only adds or
     skips questions) and how the work is spread (actors, batch sizes, replicas, ports)."""
-    data_manifest = storage.join(cfg.data_dir, "manifest.json")
     return {
         "models": {label: model_identity(model) for label, model in parse_model_specs(cfg.models)},
         "dataset": cfg.dataset, "num_samples": cfg.num_samples, "temperature": cfg.temperature, "top_p": cfg.top_p,
         "seed": cfg.seed, "max_new_tokens": cfg.max_new_tokens, "reward_model": model_identity(cfg.reward_model),
-        "data_manifest_sha256": hashlib.sha256(storage.read_bytes(data_manifest)).hexdigest()[:16]
-        if storage.exists(data_manifest) else None,
+        "data_manifest_sha256": manifest_sha256(cfg.data_dir),
     }

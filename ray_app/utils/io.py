@@ -42,6 +42,15 @@ def dumps_row(row: dict) -> str:
     return json.dumps(row, ensure_ascii=False, separators=(", ", ": "))
 
 
+def dumps_jsonl(rows: Iterable[dict]) -> str:
+    return "".join(dumps_row(row) + "\n" for row in rows)
+
+
+def dumps_json(obj: Any) -> str:
+    """How every manifest and config record is written: sorted keys, readable, stable."""
+    return json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False, default=str) + "\n"
+
+
 def atomic_write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> None:
     with atomic_open(path) as f:
         for row in rows:
@@ -54,7 +63,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False, default=str) + "\n")
+    atomic_write_text(path, dumps_json(obj))
 
 
 def read_jsonl(path: str | os.PathLike, required: Sequence[str] = ()) -> list[dict]:
