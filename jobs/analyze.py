@@ -1,15 +1,21 @@
 #!/usr/bin/env python
-"""Majority vote vs Best-of-N vs reward-weighted vote vs pass@n, and where each fails.
+"""Majority vote vs Best-of-N vs weighted Best-of-N vs softmax vote vs pass@n, and where each fails.
 
 examples:
   python jobs/analyze.py                                  # <root>/samples/samples.parquet -> <root>/report
   python jobs/analyze.py --samples pipeline/samples/samples.parquet --out pipeline/report-again
+  python jobs/analyze.py --ns 1,2,4,8 --softmax-temperature 0.5 --bootstrap-resamples 5000
   python jobs/analyze.py --storage-root s3://my-bucket/gsm
 
-Writes table2_scaling.csv/.md (rows model x strategy, columns n), table3_failures.csv/.md,
-unique_answers_dist.png, accuracy_vs_n.png, failure_modes.txt and analysis_manifest.json.
+Accuracy at n is, for every strategy, the mean over all size-n subsets of a question's N samples
+(pass@n is then the unbiased pass@k); intervals are a seeded bootstrap over questions, differences
+(Best-of-N - majority, SFT - base) a paired one. The course's first-n numbers are in table2_first_n.
+
+Writes table2_scaling.csv/.md (rows model x strategy, columns n), table2_first_n.csv/.md,
+table2_differences.csv/.md, table3_failures.csv/.md, unique_answers_dist.png, accuracy_vs_n.png,
+failure_modes.txt and analysis_manifest.json.
 Relative paths are under the storage root (--storage-root, $RAY_APP_STORAGE_ROOT or ~/ray-app-gsm).
-Ties are broken deterministically: the answer (or sample) that appears first wins.
+Ties: the answer whose first sample has the lowest sample_idx wins; Best-of-N: the lowest sample_idx.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ray_app import cli, storage  # noqa: E402
 from ray_app.analysis.report import read_samples, to_markdown, write_report  # noqa: E402
 from ray_app.utils.fingerprint import fingerprint  # noqa: E402
+from ray_app.utils.io import DataError  # noqa: E402
 from ray_app.utils.run_info import versions  # noqa: E402
 
 
@@ -35,6 +42,10 @@ def main(argv=None) -> int:
     parser.add_argument("--samples", default="samples/samples.parquet", help="samples file (.parquet or .jsonl) from jobs/sample.py [default: %(default)s]")
     parser.add_argument("--out", default="report", help="folder for tables, plots and traces [default: %(default)s]")
     parser.add_argument("--ns", default="1,2,4,8", help="sample counts n to evaluate each strategy at [default: %(default)s]")
+    parser.add_argument("--softmax-temperature", type=float, default=1.0, help="T of the softmax vote, exp(reward / T) per sample [default: %(default)s]")
+    parser.add_argument("--bootstrap-resamples", type=int, default=2000, help="bootstrap resamples of the questions for every interval [default: %(default)s]")
+    parser.add_argument("--max-subsets", type=int, default=4096, help="enumerate the size-n subsets up to this many, else draw this many [default: %(default)s]")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and of drawn subsets [default: %(default)s]")
     parser.add_argument("--storage-root", default=None, help=f"root for relative paths [default: ${storage.ROOT_ENV} or {storage.DEFAULT_ROOT}]")
     args = parser.parse_args(argv)
     try:
@@ -48,20 +59,28 @@ def _main(args) -> int:
     started = time.perf_counter()
     cli.start(args)
     samples, out = storage.under_root(args.storage_root, args.samples), storage.under_root(args.storage_root, args.out)
-    ns = [int(n) for n in args.ns.split(",")]
+    try:
+        ns = sorted({int(n) for n in args.ns.split(",") if n.strip()})
+    except ValueError:
+        raise DataError(f"--ns {args.ns!r}: expected comma-separated sample counts such as 1,2,4,8") from None
+    if not ns or ns[0] < 1:
+        raise DataError(f"--ns {args.ns!r}: sample counts must be at least 1")
+    if args.bootstrap_resamples < 100 or args.max_subsets < 1:
+        raise DataError("--bootstrap-resamples must be at least 100 and --max-subsets at least 1")
     df = read_samples(samples)
     samples_sha = hashlib.sha256(storage.read_bytes(samples)).hexdigest()
     with tempfile.TemporaryDirectory(prefix="ray_app_report_") as tmp:
         local_out = out if not storage.is_uri(out) else tmp
-        result = write_report(df, local_out, ns)
-        settings = {"samples_sha256": samples_sha, "ns": ns}
+        result = write_report(df, local_out, ns, args.softmax_temperature, args.bootstrap_resamples, args.seed, args.max_subsets)
+        settings = {"samples_sha256": samples_sha, **result["settings"]}
         storage.write_json(storage.join(local_out, "analysis_manifest.json"), {
             "samples": samples, "samples_sha256": samples_sha, "rows": len(df), "settings": settings,
             "config_fingerprint": fingerprint(settings), "ns": ns, "files": result["paths"],
-            "seconds": time.perf_counter() - started, "versions": versions(), "tie_break": "lowest sample_idx (first seen) wins",
+            "seconds": time.perf_counter() - started, "versions": versions(),
         })
         if storage.is_uri(out):
             storage.upload_dir(tmp, out)
+    print(to_markdown(result["differences"]) if len(result["differences"]) else "")
     print(to_markdown(result["failures"]))
     for name, path in result["paths"].items():
         print(f"[analyze] {name:26s} {storage.join(out, Path(path).name)}")

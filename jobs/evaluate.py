@@ -8,7 +8,9 @@ examples:
 
 MODEL is a preset name, a Hub id, a URI, or a folder; relative folders are under the storage root
 (--storage-root, $RAY_APP_STORAGE_ROOT or ~/ray-app-gsm), where jobs/sft.py exports its models.
-Writes <root>/eval/predictions.jsonl, table1_accuracy.csv/.md and eval_manifest.json.
+Writes <root>/eval/predictions.jsonl, table1_accuracy.csv/.md (95% Wilson intervals),
+table1_differences.csv/.md (SFT - base per test set for labels like small-sft / small-base, paired
+bootstrap interval) and eval_manifest.json.
 """
 
 from __future__ import annotations

@@ -105,7 +105,7 @@ def _main(pcfg, args) -> int:
         local = Path(report) if not storage.is_uri(report) else Path(tmp)
         with _stage("analyze", timings):
             analysis = write_report(read_samples(storage.join(out, "samples", "samples.parquet")), local)
-        for name in ("table1_accuracy.csv", "table1_accuracy.md"):
+        for name in ("table1_accuracy.csv", "table1_accuracy.md", "table1_differences.csv", "table1_differences.md"):
             storage.copy(storage.join(out, "eval", name), str(local / name))
         for size, cfg in sft_cfgs.items():
             curve = storage.join(cfg.run_dir, "loss_curve.png")
@@ -119,7 +119,7 @@ def _main(pcfg, args) -> int:
             "seeds": {"data": data_cfg.seed, "sft": base_sft.seed, "sample": sample_cfg.seed},
             "config_fingerprints": {"sample": sampled["config_fingerprint"]},
             "models": labels, "timings_s": timings, "versions": versions(),
-            "sampling_overlap": sampled["overlap"], "files": analysis["paths"],
+            "sampling_overlap": sampled["overlap"], "analysis": analysis["settings"], "files": analysis["paths"],
         }
         storage.write_json(str(local / "pipeline_manifest.json"), manifest)
         storage.write_text(str(local / "README.md"), _report_markdown(pcfg.report_title, local, timings, labels))
@@ -136,7 +136,11 @@ def _report_markdown(title: str, report: Path, timings: dict, labels: dict) -> s
 
     lines = [f"# {title}", "", "Models: " + ", ".join(f"`{k}` = `{v}`" for k, v in labels.items()), "",
              "## Table 1: greedy accuracy (%) [95% Wilson CI]", "", read("table1_accuracy.md"),
-             "## Table 2: accuracy (%) [95% CI] by strategy and samples per question", "", read("table2_scaling.md"),
+             "SFT minus base (percentage points) [95% paired bootstrap CI]:", "", read("table1_differences.md"),
+             "## Table 2: accuracy (%) [95% bootstrap CI] by strategy and samples per question", "",
+             "Each strategy at n is averaged over all size-n subsets of the N samples; the course's first-n "
+             "numbers are in [table2_first_n.md](table2_first_n.md).", "", read("table2_scaling.md"),
+             "Paired differences [95% bootstrap CI]:", "", read("table2_differences.md"),
              "![accuracy vs n](accuracy_vs_n.png)", "",
              "## Table 3: failures given at least one correct sample (rates in %)", "", read("table3_failures.md"),
              "![unique answers](unique_answers_dist.png)", "",

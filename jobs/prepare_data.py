@@ -50,6 +50,12 @@ def _main(cfg, args) -> int:
     print(f"[data] wrote {report.out_dir} in {time.perf_counter() - started:.1f}s:")
     for split, info in report.files.items():
         print(f"  {split:24s} {info['rows']:6d} rows  sha256 {info['sha256'][:16]}")
+    sep = report.separation
+    avoided = ", ".join(f"{split} {n}" for split, n in sep["near_duplicates_avoided"].items())
+    print(f"  kept out of training as test questions with other names: {avoided}; "
+          f"training rows repeating another's numbers: {sep['train_rows_repeating_train_numbers']}")
+    if sep["train_rows"] < cfg.train_size:
+        print(f"  --dedupe-train-numbers left {sep['train_rows']} training rows, fewer than --train-size {cfg.train_size}")
     train_file = storage.join(cfg.out_dir, "gsm_symbolic_train.jsonl")
     for name in [m for m in args.build_models.split(",") if m]:
         if name not in EMBEDDED:

@@ -48,6 +48,9 @@ class DataConfig:
     num_templates: Optional[int] = _f(None, "use only the first K templates (quick builds)")
     cache_dir: Optional[str] = _f(None, "node-local per-template instance cache (keyed by content hash); default $XDG_CACHE_HOME/ray_app/gsm_symbolic")
     use_ray: bool = _f(True, "spread template instantiation over Ray tasks")
+    dedupe_train_numbers: bool = _f(
+        False, "drop training rows that repeat another training row's numbers; the training set may then be smaller than train_size"
+    )
 
 
 @dataclass
@@ -142,6 +145,8 @@ class EvalConfig(GenerationConfig):
     datasets: str = _f("gsm_symbolic_test,gsm8k_same_templates,gsm8k_non_overlapping", "comma-separated test splits")
     out_dir: str = _f("eval", "folder for predictions and Table 1", path=True)
     batch_size: int = _f(32, "questions per generate() call on an actor")
+    bootstrap_resamples: int = _f(2000, "bootstrap resamples of the questions for the SFT - base intervals")
+    bootstrap_seed: int = _f(0, "seed of those resamples")
 
 
 @dataclass

@@ -57,6 +57,12 @@ def test_sample_and_score_streams_and_resumes(full_data, tmp_path):
     assert m["scored_this_run"] == 48 and m["reward_batching"]["mean_batch_size"] > 1
     jsonl_rows = (out / "samples.jsonl").read_text().splitlines()
     assert len(jsonl_rows) == 48
+    assert "scored_at" not in json.loads(jsonl_rows[0]) and len((out / "sample_timings.jsonl").read_text().splitlines()) == 48
+    first_bytes = (out / "samples.jsonl").read_bytes()
+    # Seeds per question: other batches draw the same samples, byte for byte.
+    rebatched = tmp_path / "rebatched"
+    run_job("sample.py", *[a if a != str(out) else str(rebatched) for a in args], "--questions-per-batch", "3", timeout=900)
+    assert (rebatched / "samples.jsonl").read_bytes() == first_bytes
 
     # Resume: a finished run generates nothing; a lost part is regenerated alone, nothing scored twice.
     run_job("sample.py", *args, timeout=900)
@@ -67,6 +73,8 @@ def test_sample_and_score_streams_and_resumes(full_data, tmp_path):
     run_job("sample.py", *args, timeout=900)
     m = json.loads((out / "sample_manifest.json").read_text())
     assert m["scored_this_run"] == lost_rows and m["rows"] == 48 and m["resumed_pairs"] == 12 - lost_rows // 4
+    # The resumed run regenerated the lost questions exactly and left every finished one as it was.
+    assert (out / "samples.jsonl").read_bytes() == first_bytes
 
 
 def test_analyze_reads_real_samples(full_data, tmp_path):

@@ -15,8 +15,9 @@ def test_default_pipeline_leaves_the_report(full_data, tmp_path):
     proc = run_job("pipeline.py", "--out-dir", str(out), timeout=3000)
     report = out / "report"
     assert f"[pipeline] report: {report}/README.md" in proc.stdout
-    for name in ("table1_accuracy.csv", "table1_accuracy.md", "table2_scaling.csv", "table2_scaling.md", "table3_failures.csv",
-                 "table3_failures.md", "failure_modes.txt", "README.md", "pipeline_manifest.json"):
+    for name in ("table1_accuracy.csv", "table1_accuracy.md", "table1_differences.csv", "table2_scaling.csv", "table2_scaling.md",
+                 "table2_first_n.md", "table2_differences.md", "table3_failures.csv", "table3_failures.md", "failure_modes.txt",
+                 "README.md", "pipeline_manifest.json"):
         assert (report / name).stat().st_size > 0, name
     for png in ("accuracy_vs_n.png", "unique_answers_dist.png", "loss_curve_small.png", "loss_curve_large.png"):
         assert (report / png).stat().st_size > 5_000, png
@@ -27,8 +28,12 @@ def test_default_pipeline_leaves_the_report(full_data, tmp_path):
     with (report / "table2_scaling.csv").open() as f:
         table2 = list(csv.DictReader(f))
     assert {(r["model"], r["strategy"]) for r in table2} == {
-        (m, s) for m in ("small-base", "small-sft") for s in ("majority", "best_of_n", "weighted_majority", "pass@n")}
+        (m, s) for m in ("small-base", "small-sft") for s in ("majority", "best_of_n", "weighted_best_of_n", "softmax_vote", "pass@n")}
     assert list(table2[0])[-4:] == ["n=1", "n=2", "n=4", "n=8"]
+    with (report / "table1_differences.csv").open() as f:
+        diffs = {(r["comparison"], r["test_set"]) for r in csv.DictReader(f)}
+    assert diffs == {(f"{size}-sft - {size}-base", t) for size in ("small", "large")
+                     for t in ("gsm-symbolic", "gsm8k-same_templates", "gsm8k-non_overlapping")}
 
     manifest = json.loads((report / "pipeline_manifest.json").read_text())
     assert set(manifest["timings_s"]) == {"data", "sft_small", "sft_large", "evaluate", "sample_and_score", "analyze", "total"}

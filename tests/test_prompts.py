@@ -47,6 +47,26 @@ def test_prompt_is_the_course_text():
         ("", None),
         # Marker with no number falls back to the last number before it.
         ("He had 9 cats. Final answer: unknown", "9"),
+        # Only the marker's own line is read; an empty one falls back to the text's last number.
+        ("Final answer:\n\nStep 2: 7 apples", "7"),
+        ("Step 1: 3 + 4 = 7\nFinal answer:\nShe has 7 apples in 2 bags", "2"),
+        ("Final answer: 12.\nStep 3: check 4 * 3 = 12, so 99 is wrong", "12"),
+        # Units, words and markdown around the number.
+        ("Final answer: 18 apples for 3 days.", "18"),
+        ("Final answer: **$1,200.50**", "1200.5"),
+        ("Final answer: 3.75 hours", "3.75"),
+        ("Final answer: -15 degrees.", "-15"),
+        ("Final answer: 0.25", "0.25"),
+        ("Final answer: .5 liters", "0.5"),
+        ("FINAL ANSWER: 1,000 dollars.", "1000"),
+        ("Final answer: The answer is 64.", "64"),
+        # A computation on the line: its result.
+        ("Final answer: 5 + 3 = 8.", "8"),
+        ("Final answer: $2 * 3 = $6", "6"),
+        # Restated with an empty last marker: the last line that has a number.
+        ("Final answer: 40.\nFinal answer:", "40"),
+        # Windows line ends.
+        ("Total 9.\r\nFinal answer: 10.\r\n", "10"),
     ],
 )
 def test_extract_answer(text, expected):

@@ -11,20 +11,30 @@ Samples schema (one row per generated answer; Parquet or JSONL):
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from ray_app.analysis.estimators import (
+    MAX_SUBSETS,
+    STRATEGIES,
+    STRATEGY_MEANING,
+    bootstrap_indices,
+    bootstrap_interval,
+    first_n_scores,
+    paired_difference,
+    sft_base_pairs,
+    stable_seed,
+    subset_scores,
+)
 from ray_app.analysis.strategies import (
     best_of_n,
     check_bon_failure,
     check_majority_failure,
     get_unique_preds_count,
     majority_vote,
-    pass_at_k,
-    weighted_majority_vote,
-    wilson_interval,
 )
 from ray_app.utils.io import DataError, atomic_write_text
 
@@ -32,7 +42,6 @@ SAMPLE_COLUMNS = [
     "model", "dataset", "question_id", "sample_idx", "question", "response",
     "pred", "gold", "correct", "reward", "num_tokens", "finish_reason",
 ]
-STRATEGIES = ("majority", "best_of_n", "weighted_majority", "pass@n")
 
 
 @dataclass
@@ -93,37 +102,91 @@ def group_questions(df) -> list[QuestionSamples]:
     return groups
 
 
-def _pick(strategy: str, q: QuestionSamples, n: int):
-    if strategy == "majority":
-        return majority_vote(q.preds, n)
-    if strategy == "best_of_n":
-        return best_of_n(q.preds, q.rewards, n)
-    if strategy == "weighted_majority":
-        return weighted_majority_vote(q.preds, q.rewards, n)
-    raise ValueError(strategy)
+def per_question_scores(groups: Sequence[QuestionSamples], ns: Sequence[int], estimator: str = "subsets",
+                        softmax_temperature: float = 1.0, max_subsets: int = MAX_SUBSETS, seed: int = 0):
+    """Long frame: model, dataset, question_id, strategy, n, score (expected correctness in [0, 1]).
 
-
-def scaling_table(groups: Sequence[QuestionSamples], ns: Sequence[int]):
-    """Long table: model, dataset, strategy, n, accuracy (%), 95% CI, correct, questions."""
+    estimator 'subsets': averaged over all size-n subsets of the N samples (Table 2);
+    'first_n': the first n samples only, the course's definition (table2_first_n).
+    """
     import pandas as pd
 
     rows = []
-    keys = sorted({(q.model, q.dataset) for q in groups})
-    for model, dataset in keys:
-        qs = [q for q in groups if (q.model, q.dataset) == (model, dataset)]
-        num_samples = min(len(q.preds) for q in qs)
-        for strategy in STRATEGIES:
-            for n in [n for n in ns if n <= num_samples]:
-                if strategy == "pass@n":
-                    # Unbiased estimator from all available samples, averaged over questions.
-                    score = sum(pass_at_k(len(q.preds), sum(p == q.gold for p in q.preds), n) for q in qs)
-                else:
-                    score = sum(_pick(strategy, q, n) == q.gold for q in qs)
-                low, high = wilson_interval(score, len(qs))  # pass@n: a mean of probabilities
-                rows.append({"model": model, "dataset": dataset, "strategy": strategy, "n": n,
-                             "accuracy": 100 * score / len(qs), "ci_low": 100 * low, "ci_high": 100 * high,
-                             "correct": score, "questions": len(qs)})
+    for q in groups:
+        usable = [n for n in ns if n <= len(q.preds)]
+        if estimator == "subsets":
+            scores = subset_scores(q.preds, q.rewards, q.gold, usable, softmax_temperature, max_subsets,
+                                   stable_seed(seed, q.model, q.dataset, q.question_id))
+        elif estimator == "first_n":
+            scores = first_n_scores(q.preds, q.rewards, q.gold, usable, softmax_temperature)
+        else:
+            raise ValueError(f"unknown estimator {estimator!r}")
+        rows += [{"model": q.model, "dataset": q.dataset, "question_id": q.question_id, "strategy": strategy, "n": n,
+                  "score": score} for (strategy, n), score in scores.items()]
     return pd.DataFrame(rows)
+
+
+def _question_matrix(per_question, model: str, dataset: str):
+    """(question ids, questions x (strategy, n) score matrix) of one model on one data set, ids sorted."""
+    part = per_question[(per_question["model"] == model) & (per_question["dataset"] == dataset)]
+    return part.pivot_table(index="question_id", columns=["strategy", "n"], values="score", aggfunc="first").sort_index()
+
+
+def scaling_table(per_question, resamples: int = 2000, seed: int = 0):
+    """Long table: model, dataset, strategy, n, accuracy (%), 95% bootstrap CI, questions.
+
+    One bootstrap draw of questions per data set, shared by every model and cell on it (seeded), so
+    intervals are reproducible and differences can be read pairwise."""
+    import pandas as pd
+
+    rows = []
+    for model, dataset in sorted(set(zip(per_question["model"], per_question["dataset"]))):
+        matrix = _question_matrix(per_question, model, dataset)
+        matrix = matrix.dropna(axis=1)  # an n larger than some question's sample count
+        idx = bootstrap_indices(len(matrix), resamples, stable_seed(seed, dataset, len(matrix)))
+        low, high = bootstrap_interval(matrix.to_numpy(), idx)
+        for j, (strategy, n) in enumerate(matrix.columns):
+            rows.append({"model": model, "dataset": dataset, "strategy": strategy, "n": int(n),
+                         "accuracy": 100 * float(matrix.iloc[:, j].mean()), "ci_low": 100 * float(low[j]),
+                         "ci_high": 100 * float(high[j]), "questions": len(matrix)})
+    order = {s: i for i, s in enumerate(STRATEGIES)}
+    df = pd.DataFrame(rows)
+    return df.sort_values(["model", "dataset", "strategy", "n"], key=lambda c: c.map(order) if c.name == "strategy" else c,
+                          kind="stable").reset_index(drop=True)
+
+
+def differences_table(per_question, resamples: int = 2000, seed: int = 0,
+                      within=(("best_of_n", "majority"), ("weighted_best_of_n", "majority"))):
+    """Paired differences (percentage points) a reader asks about, with paired bootstrap intervals:
+    per model, Best-of-N minus majority (and weighted Best-of-N minus majority) at each n; across models,
+    SFT minus base (pairs found by label, see `sft_base_pairs`) per strategy and n. Only questions both
+    sides answered are compared."""
+    import pandas as pd
+
+    rows = []
+    datasets = sorted(set(per_question["dataset"]))
+    models = sorted(set(per_question["model"]))
+    for dataset in datasets:
+        mats = {m: _question_matrix(per_question, m, dataset) for m in models}
+        comparisons = []
+        for m, mat in mats.items():
+            for a, b in within:
+                for n in sorted({n for s, n in mat.columns if s == a}):
+                    if (b, n) in mat.columns:
+                        comparisons.append((f"{m}: {a} - {b}", n, mat[(a, n)], mat[(b, n)]))
+        for sft, base in sft_base_pairs(models):
+            for strategy, n in mats[sft].columns:
+                if (strategy, n) in mats[base].columns:
+                    comparisons.append((f"{sft} - {base}: {strategy}", n, mats[sft][(strategy, n)], mats[base][(strategy, n)]))
+        for label, n, a, b in comparisons:
+            common = a.dropna().index.intersection(b.dropna().index)
+            if not len(common):
+                continue
+            idx = bootstrap_indices(len(common), resamples, stable_seed(seed, dataset, len(common)))
+            d = paired_difference(a[common].to_numpy(), b[common].to_numpy(), idx)
+            rows.append({"dataset": dataset, "comparison": label, "n": int(n), "difference": 100 * d["difference"],
+                         "ci_low": 100 * d["ci_low"], "ci_high": 100 * d["ci_high"], "questions": len(common)})
+    return pd.DataFrame(rows, columns=["dataset", "comparison", "n", "difference", "ci_low", "ci_high", "questions"])
 
 
 def failures_table(groups: Sequence[QuestionSamples], n: int | None = None):
@@ -195,7 +258,7 @@ def plot_unique_answers(groups: Sequence[QuestionSamples], path: Path) -> Path:
 
 
 def plot_accuracy_vs_n(long_df, path: Path) -> Path:
-    """One panel per model (and dataset), one line per strategy with its 95% Wilson band."""
+    """One panel per model (and dataset), one line per strategy with its 95% bootstrap band."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -218,7 +281,7 @@ def plot_accuracy_vs_n(long_df, path: Path) -> Path:
         ax.set_xlabel("samples per question (n)")
         ax.set_title(f"{model}\n{dataset}", fontsize=9)
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("accuracy (%), 95% Wilson band")
+    axes[0][0].set_ylabel("accuracy (%), 95% bootstrap band")
     axes[0][-1].legend(fontsize=8, loc="best")
     fig.suptitle("Inference-time scaling: accuracy vs samples per question")
     fig.tight_layout()
@@ -251,27 +314,59 @@ def failure_modes_text(groups: Sequence[QuestionSamples], n: int | None = None) 
     return "\n".join(out) + "\n"
 
 
-def write_report(df, out_dir: str | Path, ns: Sequence[int] = (1, 2, 4, 8)) -> dict:
+def _strategy_legend(softmax_temperature: float) -> str:
+    return "\n".join(f"- `{s}`: {STRATEGY_MEANING[s]}" + (f" (T = {softmax_temperature:g})" if s == "softmax_vote" else "")
+                     for s in STRATEGIES) + "\n"
+
+
+def write_report(df, out_dir: str | Path, ns: Sequence[int] = (1, 2, 4, 8), softmax_temperature: float = 1.0,
+                 bootstrap_resamples: int = 2000, seed: int = 0, max_subsets: int = MAX_SUBSETS) -> dict:
+    """Tables 2 and 3, the paired differences, plots and failure traces into `out_dir` (a local folder)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if softmax_temperature <= 0:
+        raise DataError(f"softmax temperature must be > 0, got {softmax_temperature}")
     groups = group_questions(df)
-    long_df = scaling_table(groups, ns)
-    wide = scaling_wide(long_df)
+    num_samples = min(len(q.preds) for q in groups)
+    too_large = [n for n in ns if n > num_samples]
+    if too_large:
+        raise DataError(f"n = {', '.join(map(str, too_large))} exceeds the {num_samples} samples per question in the "
+                        f"samples file; pass --ns with values up to {num_samples}")
+    per_question = per_question_scores(groups, ns, "subsets", softmax_temperature, max_subsets, seed)
+    per_question_first = per_question_scores(groups, ns, "first_n", softmax_temperature)
+    long_df = scaling_table(per_question, bootstrap_resamples, seed)
+    first_long = scaling_table(per_question_first, bootstrap_resamples, seed)
+    diffs = differences_table(per_question, bootstrap_resamples, seed)
     failures = failures_table(groups)
-    paths = {
-        "table2_scaling.csv": out / "table2_scaling.csv",
-        "table2_scaling.md": out / "table2_scaling.md",
-        "table2_scaling_long.csv": out / "table2_scaling_long.csv",
-        "table3_failures.csv": out / "table3_failures.csv",
-        "table3_failures.md": out / "table3_failures.md",
-        "failure_modes.txt": out / "failure_modes.txt",
+    subsets_note = (f"all size-n subsets of the {num_samples} samples" if all(
+        math.comb(num_samples, n) <= max_subsets for n in ns) else
+        f"all size-n subsets of the {num_samples} samples, or {max_subsets} seeded ones where there are more")
+    ci = f"95% bootstrap CI over questions, {bootstrap_resamples} resamples, seed {seed}"
+    legend = _strategy_legend(softmax_temperature)
+    texts = {
+        "table2_scaling.csv": scaling_wide(long_df).to_csv(index=False),
+        "table2_scaling.md": f"Accuracy (%) [{ci}] at n samples per question, each strategy averaged over {subsets_note}\n\n"
+                             + to_markdown(scaling_wide(long_df)) + "\n" + legend,
+        "table2_scaling_long.csv": long_df.to_csv(index=False, float_format="%.4f"),
+        "table2_first_n.csv": scaling_wide(first_long).to_csv(index=False),
+        "table2_first_n.md": f"The course's definition, for comparison: accuracy (%) [{ci}] on the FIRST n samples only "
+                             "(one draw per question; pass@n = any of them right)\n\n" + to_markdown(scaling_wide(first_long)) + "\n" + legend,
+        "table2_first_n_long.csv": first_long.to_csv(index=False, float_format="%.4f"),
+        "table2_differences.csv": diffs.to_csv(index=False, float_format="%.4f"),
+        "table2_differences.md": f"Paired differences (percentage points) [{ci}, the same questions on both sides]\n\n"
+                                 + (to_markdown(diffs) if len(diffs) else "(no pairs to compare)\n"),
+        "table3_failures.csv": failures.to_csv(index=False, float_format="%.4f"),
+        "table3_failures.md": "Failures given at least one correct sample, on all N samples (rates in %)\n\n" + to_markdown(failures),
+        "failure_modes.txt": failure_modes_text(groups),
     }
-    atomic_write_text(paths["table2_scaling.csv"], wide.to_csv(index=False))
-    atomic_write_text(paths["table2_scaling.md"], "Accuracy (%) [95% Wilson CI] by strategy and samples per question n\n\n" + to_markdown(wide))
-    atomic_write_text(paths["table2_scaling_long.csv"], long_df.to_csv(index=False, float_format="%.4f"))
-    atomic_write_text(paths["table3_failures.csv"], failures.to_csv(index=False, float_format="%.4f"))
-    atomic_write_text(paths["table3_failures.md"], "Failures given at least one correct sample (rates in %)\n\n" + to_markdown(failures))
-    atomic_write_text(paths["failure_modes.txt"], failure_modes_text(groups))
+    paths = {}
+    for name, text in texts.items():
+        paths[name] = out / name
+        atomic_write_text(paths[name], text)
     paths["unique_answers_dist.png"] = plot_unique_answers(groups, out / "unique_answers_dist.png")
     paths["accuracy_vs_n.png"] = plot_accuracy_vs_n(long_df, out / "accuracy_vs_n.png")
-    return {"paths": {k: str(v) for k, v in paths.items()}, "scaling": long_df, "failures": failures}
+    settings = {"ns": list(ns), "estimator": "mean over size-n subsets", "max_subsets": max_subsets,
+                "softmax_temperature": softmax_temperature, "bootstrap_resamples": bootstrap_resamples, "seed": seed,
+                "tie_break": "answer whose first sample has the lowest sample_idx; Best-of-N: lowest sample_idx"}
+    return {"paths": {k: str(v) for k, v in paths.items()}, "scaling": long_df, "first_n": first_long,
+            "differences": diffs, "failures": failures, "settings": settings}

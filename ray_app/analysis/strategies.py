@@ -1,6 +1,7 @@
 """Answer selection over N samples of one question, and the course's failure checks.
 
-Every function looks at the first `n` samples in `sample_idx` order. A prediction of None (no number
+Every function looks at the first `n` samples in `sample_idx` order (the course's definition);
+`estimators` averages them over all size-n subsets for the tables. A prediction of None (no number
 in the response) never wins a vote, but it can be the Best-of-N pick, which then is simply wrong.
 
 Tie-breaking, everywhere: among answers (or samples) tied on the score, the one that appears first,
@@ -41,20 +42,35 @@ def best_of_n(preds: Sequence[Pred], rewards: Sequence[float], n: Optional[int] 
     return preds[best]
 
 
-def weighted_majority_vote(preds: Sequence[Pred], rewards: Sequence[float], n: Optional[int] = None) -> Pred:
-    """Vote where each sample counts softmax(reward) (rewards are logits); ties -> first seen."""
+def _vote(preds: Sequence[Pred], weights: Sequence[float]) -> Pred:
+    """Answer with the largest total weight; float sums equal up to rounding are ties -> first seen."""
+    totals: "OrderedDict[str, float]" = OrderedDict()
+    for p, w in zip(preds, weights):
+        if p is not None:
+            totals[p] = totals.get(p, 0.0) + w
+    if not totals:
+        return None
+    best = max(totals.values())
+    return next(answer for answer, w in totals.items() if math.isclose(w, best, rel_tol=1e-12))
+
+
+def weighted_best_of_n(preds: Sequence[Pred], rewards: Sequence[float], n: Optional[int] = None) -> Pred:
+    """Weighted Best-of-N (search-and-learn): the answer with the largest sum of its samples' rewards.
+
+    Rewards are logits here; sigmoid maps them to (0, 1) first, as the PRM scores summed there are,
+    so that a negative logit never counts against its answer."""
+    preds, rewards = _first_n(preds, n), _first_n(rewards, n)
+    return _vote(preds, [1.0 / (1.0 + math.exp(-r)) for r in rewards])
+
+
+def softmax_vote(preds: Sequence[Pred], rewards: Sequence[float], n: Optional[int] = None, temperature: float = 1.0) -> Pred:
+    """Vote where each sample counts softmax(reward / temperature). Reward logits have no fixed scale,
+    so the temperature is part of the strategy and is recorded with every table that uses it."""
     preds, rewards = _first_n(preds, n), _first_n(rewards, n)
     if not preds:
         return None
     top = max(rewards)
-    weights: "OrderedDict[str, float]" = OrderedDict()
-    for p, r in zip(preds, rewards):
-        if p is not None:
-            weights[p] = weights.get(p, 0.0) + math.exp(r - top)
-    if not weights:
-        return None
-    best = max(weights.values())
-    return next(answer for answer, w in weights.items() if math.isclose(w, best, rel_tol=1e-12) or w == best)
+    return _vote(preds, [math.exp((r - top) / temperature) for r in rewards])
 
 
 def get_unique_preds_count(preds: Sequence[Pred], n: Optional[int] = None) -> int:
@@ -83,14 +99,3 @@ def pass_at_k(num_samples: int, num_correct: int, k: int) -> float:
     if num_samples - num_correct < k:
         return 1.0
     return 1.0 - math.comb(num_samples - num_correct, k) / math.comb(num_samples, k)
-
-
-def wilson_interval(successes: float, trials: int, z: float = 1.959963984540054) -> tuple[float, float]:
-    """95% Wilson score interval for a proportion (good at 0%, 100% and small n)."""
-    if trials == 0:
-        return (0.0, 0.0)
-    p = successes / trials
-    denom = 1 + z * z / trials
-    centre = (p + z * z / (2 * trials)) / denom
-    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))

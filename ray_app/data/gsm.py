@@ -1,7 +1,7 @@
 """Build the study's four GSM data sets (one train, three test) reproducibly.
 
 - gsm_symbolic_train      N rows instantiated from the 100 English GSM-Symbolic templates
-- gsm_symbolic_test       one fresh instance per template, never equal to a train row
+- gsm_symbolic_test       one fresh instance per template, never a train row (not even with other names)
 - gsm8k_same_templates    the GSM8K test rows the templates were made from (their `id_orig`)
 - gsm8k_non_overlapping   a seeded sample of the other GSM8K test rows
 
@@ -18,14 +18,15 @@ import logging
 import math
 import os
 import random
+import re
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
 from ray_app import storage
-from ray_app.data.prompts import gold_from_gsm_answer
+from ray_app.data.prompts import _NUMBER, gold_from_gsm_answer, normalize_number
 from ray_app.utils.io import (
     DataError,
     atomic_write_json,
@@ -58,6 +59,69 @@ class BuildReport:
     files: dict
     counts: dict
     seconds: dict
+    separation: dict
+
+
+# ----------------------------------------------------------------------------------------------
+# Keys that tell when two questions are the same question
+# ----------------------------------------------------------------------------------------------
+
+
+# Templates also vary numbers written as words ('ten people', 'twice', 'three quarters of'): 30 of the
+# 100 have instances with the same digits and different answers, and template 858 has no digits at all.
+_UNITS = "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen seventeen eighteen nineteen"
+_TENS = "twenty thirty forty fifty sixty seventy eighty ninety"
+_CARDINALS = (
+    {word: str(n) for n, word in enumerate(_UNITS.split())}
+    | {word: str(10 * n) for n, word in enumerate(_TENS.split(), start=2)}
+    | {"hundred": "100", "thousand": "1000", "million": "1000000"}
+)
+_MULTIPLES = set("once twice thrice double triple quadruple dozen half third fourth quarter fifth sixth seventh eighth ninth tenth".split())
+_NUMBER_WORD = re.compile(r"\b(?:" + "|".join(sorted(_CARDINALS.keys() | _MULTIPLES)) + r"|halves)s?\b", re.IGNORECASE)
+_QUANTITY = re.compile(f"(?P<word>{_NUMBER_WORD.pattern})|(?P<number>{_NUMBER.pattern})", re.IGNORECASE)
+
+
+def question_numbers(text: str) -> tuple[str, ...]:
+    """The quantities of a question, in order: numbers normalised ('$1,200' and '1200' are one), and
+    number words ('ten' is '10'; 'twice' and 'thirds' stand for themselves, singular).
+
+    Two instances of one template with the same quantities differ only in names and nouns: the same
+    question with the same answer, so one in training gives the other's answer away.
+    """
+    out = []
+    for match in _QUANTITY.finditer(text):
+        if match.group("word"):
+            before = text[: match.start()].rstrip()
+            if match.group("word")[0].isupper() and before and before[-1] not in ".!?:\"'":
+                continue  # a name: GSM8K question 1099's park 'Five Flags' (its instances name other parks)
+            word = match.group("word").lower()
+            if word not in _CARDINALS and word not in _MULTIPLES:  # a plural
+                word = "half" if word == "halves" else word[:-1]
+            out.append(_CARDINALS.get(word, word))
+        elif (number := normalize_number(match.group("number"))) is not None:
+            out.append(number)
+    return tuple(out)
+
+
+# Punctuation, except a decimal point inside a number (so '1.5' never reads as '15').
+_PUNCTUATION = re.compile(r"[^\w\s.]|(?<!\d)\.|\.(?!\d)")
+
+
+def normalized_text(text: str) -> str:
+    """Lowercase, numbers normalised, punctuation dropped, whitespace collapsed: the key under which
+    'Tom has $1,200.' and 'tom  has 1200' are the same question."""
+    spaced = _NUMBER.sub(lambda m: f" {normalize_number(m.group(0)) or m.group(0)} ", text.lower())
+    return " ".join(_PUNCTUATION.sub(" ", spaced).split())
+
+
+@dataclass
+class TemplateSplit:
+    train: list[dict]
+    test: list[dict]
+    padded: int  # train rows repeated to reach n_train (templates with few distinct instances)
+    # Instances kept out of train because their numbers equal a test instance's (gsm_symbolic_test)
+    # or the GSM8K original's (gsm8k_same_templates); one matching both counts for both.
+    avoided: dict = field(default_factory=lambda: {"gsm_symbolic_test": 0, "gsm8k_same_templates": 0})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -272,12 +336,19 @@ def _instantiate_all(
 
 
 def split_template_instances(
-    instances: Sequence[dict], n_train: int, n_test: int
-) -> tuple[list[dict], list[dict], int]:
-    """Test = the first `n_test` distinct numeric instances; train = the next distinct ones.
+    instances: Sequence[dict],
+    n_train: int,
+    n_test: int,
+    original_numbers: tuple[str, ...] | None = None,
+    dedupe_train_numbers: bool = False,
+) -> TemplateSplit:
+    """Test = the first `n_test` distinct numeric instances; train = the next distinct ones whose
+    numbers differ from every test instance's and from the template's GSM8K original
+    (`original_numbers`): those are the test question with other names.
 
-    Templates with fewer distinct instances than asked for repeat train rows (counted in the
-    returned duplicate count) but never reuse a test question.
+    Templates with too few such instances repeat train rows (counted in `padded`), unless
+    `dedupe_train_numbers`, which also skips instances repeating an earlier train row's numbers and
+    then returns fewer than `n_train` rows rather than repeat any.
     """
     seen, distinct = set(), []
     for inst in instances:
@@ -288,12 +359,74 @@ def split_template_instances(
     if len(distinct) < n_test + 1:
         raise DataError(f"template yields only {len(distinct)} distinct instances; need at least {n_test + 1}")
     test, rest = distinct[:n_test], distinct[n_test:]
-    train = rest[:n_train]
-    duplicates = 0
-    while len(train) < n_train:
-        train.append(rest[len(train) % len(rest)])
-        duplicates += 1
-    return train, test, duplicates
+    test_numbers = {question_numbers(inst["question"]) for inst in test}
+    parts = TemplateSplit(train=[], test=test, padded=0)
+    train_numbers = set()
+    for inst in rest:
+        if len(parts.train) == n_train:
+            break
+        numbers = question_numbers(inst["question"])
+        near_test, near_original = numbers in test_numbers, numbers == original_numbers
+        if near_test or near_original:
+            parts.avoided["gsm_symbolic_test"] += near_test
+            parts.avoided["gsm8k_same_templates"] += near_original
+            continue
+        if dedupe_train_numbers and numbers in train_numbers:
+            continue
+        train_numbers.add(numbers)
+        parts.train.append(inst)
+    if n_train and not parts.train:
+        raise DataError(
+            f"template yields no training instance: all {len(rest)} non-test instances have the numbers of "
+            "a test instance or of the GSM8K original"
+        )
+    if not dedupe_train_numbers:
+        eligible = list(parts.train)
+        while len(parts.train) < n_train:
+            parts.train.append(eligible[len(parts.train) % len(eligible)])
+            parts.padded += 1
+    return parts
+
+
+def check_train_test_separation(rows_by_split: dict[str, list[dict]]) -> dict[str, int]:
+    """Raise DataError when a test row is a training row: the same normalised text, or (rows with a
+    template) the same template and numbers, which is the same question with other names.
+
+    Returns how many it found per test split (all 0 when it returns), for the manifest to record.
+    """
+    train = rows_by_split.get("gsm_symbolic_train", [])
+    by_text: dict[str, list[str]] = {}
+    by_numbers: dict[tuple, list[str]] = {}
+    for row in train:
+        by_text.setdefault(normalized_text(row["question"]), []).append(row["id"])
+        if row["template_id"] is not None:
+            by_numbers.setdefault((row["template_id"], question_numbers(row["question"])), []).append(row["id"])
+    found, problems = {}, []
+    for split in [s for s in TEST_SPLITS if s in rows_by_split]:
+        found[split] = 0
+        for row in rows_by_split[split]:
+            clashes = []
+            text_key = normalized_text(row["question"])
+            if text_key in by_text:
+                clashes.append(f"the same text as training row(s) {', '.join(by_text[text_key])}")
+            if row["template_id"] is not None:
+                numbers_key = (row["template_id"], question_numbers(row["question"]))
+                if numbers_key in by_numbers:
+                    clashes.append(
+                        f"the same template ({row['template_id']}) and numbers as training row(s) "
+                        f"{', '.join(by_numbers[numbers_key])}"
+                    )
+            if clashes:
+                found[split] += 1
+                problems.append(f"{split}: test row {row['id']} has {' and '.join(clashes)}")
+    if problems:
+        shown = "; ".join(problems[:10]) + (f"; ... {len(problems) - 10} more" if len(problems) > 10 else "")
+        raise DataError(
+            f"{len(problems)} test row(s) also appear in training (same question, at most other names, same "
+            f"answer), so scores on them would measure memory: {shown}. This is a bug in the build or in the "
+            "source data, not in your settings; rebuild with another --seed and report it."
+        )
+    return found
 
 
 def per_template_counts(train_size: int, num_templates: int) -> list[int]:
@@ -330,6 +463,7 @@ def build_gsm_datasets(
     cache_dir: str | None = str(storage.cache_root() / "gsm_symbolic"),
     use_ray: bool = True,
     extra_manifest: dict | None = None,
+    dedupe_train_numbers: bool = False,
 ) -> BuildReport:
     """Write the four JSONL files and `manifest.json` to `out_dir`. Same inputs -> same bytes."""
     t0 = time.perf_counter()
@@ -355,11 +489,23 @@ def build_gsm_datasets(
         raise DataError(f"unknown symbolic source '{symbolic_source}'; use '{SYMBOLIC_PACKAGE}' or '{HUB_SYMBOLIC}'")
     seconds["instantiate_templates"] = time.perf_counter() - t1
 
+    for id_orig, _ in grouped:
+        if id_orig >= len(gsm8k):
+            raise DataError(f"template id_orig {id_orig} is outside the GSM8K test split ({len(gsm8k)} rows)")
     rows: dict[str, list[dict]] = {split: [] for split in SPLITS}
     duplicates = 0
+    avoided = {"gsm_symbolic_test": 0, "gsm8k_same_templates": 0}
     for (id_orig, pool), n_train in zip(grouped, counts):
-        train, test, dup = split_template_instances(pool, n_train, test_per_template)
-        duplicates += dup
+        try:
+            parts = split_template_instances(
+                pool, n_train, test_per_template, question_numbers(gsm8k[id_orig]["question"]), dedupe_train_numbers
+            )
+        except DataError as e:
+            raise DataError(f"template {id_orig}: {e}") from None
+        duplicates += parts.padded
+        for name in avoided:
+            avoided[name] += parts.avoided[name]
+        train, test = parts.train, parts.test
         for k, inst in enumerate(train):
             gold = gold_from_gsm_answer(inst["answer"])
             rows["gsm_symbolic_train"].append(
@@ -373,8 +519,6 @@ def build_gsm_datasets(
 
     template_rows = sorted({id_orig for id_orig, _ in grouped})
     for id_orig in template_rows:
-        if id_orig >= len(gsm8k):
-            raise DataError(f"template id_orig {id_orig} is outside the GSM8K test split ({len(gsm8k)} rows)")
         r = gsm8k[id_orig]
         rows["gsm8k_same_templates"].append(
             _row("gsm8k_same_templates", f"{id_orig:04d}", r["question"], r["answer"], r["gold"], id_orig, "gsm8k")
@@ -388,9 +532,21 @@ def build_gsm_datasets(
             _row("gsm8k_non_overlapping", f"{idx:04d}", r["question"], r["answer"], r["gold"], None, "gsm8k")
         )
 
-    train_questions = {r["question"] for r in rows["gsm_symbolic_train"]}
-    leaked = [r["id"] for r in rows["gsm_symbolic_test"] if r["question"] in train_questions]
-    assert not leaked, f"test rows equal to train rows: {leaked}"  # guaranteed by split_template_instances
+    # split_template_instances keeps them apart; this guards the source data and later edits to the build.
+    leaked = check_train_test_separation(rows)
+    seen_numbers, train_repeats = set(), 0
+    for r in rows["gsm_symbolic_train"]:
+        key = (r["template_id"], question_numbers(r["question"]))
+        train_repeats += key in seen_numbers
+        seen_numbers.add(key)
+    separation = {
+        "dedupe_train_numbers": dedupe_train_numbers,
+        "near_duplicates_avoided": avoided,
+        # test rows with a training row's normalised text or template and numbers: 0, or the build stops
+        "test_rows_matching_train": leaked,
+        "train_rows_repeating_train_numbers": train_repeats,
+        "train_rows": len(rows["gsm_symbolic_train"]),
+    }
 
     out = Path(out_dir)
     files = {}
@@ -410,15 +566,19 @@ def build_gsm_datasets(
             "num_templates": len(grouped),
             "symbolic_source": symbolic_source,
             "gsm8k_source": gsm8k_source,
+            "dedupe_train_numbers": dedupe_train_numbers,
         },
         "sources": {**gsm8k_provenance, **symbolic_provenance},
         "files": files,
         "train_duplicates_from_small_templates": duplicates,
+        "separation": separation,
         "seconds": {k: round(v, 3) for k, v in seconds.items()},
         **(extra_manifest or {}),
     }
     atomic_write_json(out / "manifest.json", manifest)
-    return BuildReport(out_dir=str(out), files=files, counts={s: len(rows[s]) for s in SPLITS}, seconds=seconds)
+    return BuildReport(
+        out_dir=str(out), files=files, counts={s: len(rows[s]) for s in SPLITS}, seconds=seconds, separation=separation
+    )
 
 
 def build_from_config(cfg, extra_manifest: dict | None = None) -> BuildReport:
@@ -431,7 +591,7 @@ def build_from_config(cfg, extra_manifest: dict | None = None) -> BuildReport:
         test_per_template=cfg.test_per_template, non_overlapping_size=cfg.non_overlapping_size,
         num_templates=cfg.num_templates, symbolic_source=cfg.symbolic_source,
         cache_dir=cfg.cache_dir or str(storage.cache_root() / "gsm_symbolic"), use_ray=cfg.use_ray,
-        extra_manifest=extra_manifest,
+        extra_manifest=extra_manifest, dedupe_train_numbers=cfg.dedupe_train_numbers,
     )
     if not storage.is_uri(cfg.out_dir):
         return build_gsm_datasets(out_dir=cfg.out_dir, **kwargs)

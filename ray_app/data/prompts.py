@@ -47,18 +47,25 @@ def normalize_number(text: str) -> str | None:
 
 
 def extract_answer(text: str) -> str | None:
-    """The number after the last 'Final answer:', else the last number in the text; normalised."""
+    """The number on the last 'Final answer:' line that has one, else the last number in the text.
+
+    Only the rest of the marker's own line is read: 'Final answer:\n\nStep 2: 7 apples' has no number on
+    its line, so the fallback (the text's last number, 7) applies, never the step number 2. On the line,
+    the first number is the answer ('Final answer: 18 apples for 3 days' -> 18), unless the line is a
+    computation, where the result after the last '=' is ('Final answer: 5 + 3 = 8' -> 8).
+    """
     if text is None:
         return None
-    finals = list(_FINAL.finditer(text))
-    if finals:
-        # Search from the last marker: models sometimes restate a 'Final answer:' line.
-        for match in reversed(finals):
-            number = _NUMBER.search(text, match.end())
-            if number:
-                return normalize_number(number.group(0))
-    numbers = _NUMBER.findall(text)
-    for candidate in reversed(numbers):
+    # From the last marker back: models sometimes restate a 'Final answer:' line, or leave one empty.
+    for match in reversed(list(_FINAL.finditer(text))):
+        line = text[match.end():].split("\n", 1)[0]
+        if "=" in line:
+            line = line.rsplit("=", 1)[1]
+        for candidate in _NUMBER.findall(line):
+            normalized = normalize_number(candidate)
+            if normalized is not None:
+                return normalized
+    for candidate in reversed(_NUMBER.findall(text)):
         normalized = normalize_number(candidate)
         if normalized is not None:
             return normalized

@@ -11,9 +11,10 @@ from ray_app.data.prompts import extract_answer
 from ray_app.models.registry import parse_model_specs  # noqa: F401  (re-exported: LABEL=MODEL specs)
 
 
-def batch_seed(seed: int, label: str, question_ids) -> int:
-    key = f"{seed}:{label}:{','.join(map(str, question_ids))}"
-    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "big")
+def question_seed(seed: int, label: str, question_id: str) -> int:
+    """The seed of one question's samples: a function of (seed, model label, question id) only, so
+    re-batching, another actor count or a resumed run draws the same samples for a question."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{label}:{question_id}".encode()).digest()[:8], "big")
 
 
 class GenerationActor:
@@ -45,13 +46,19 @@ class GenerationActor:
 
         started = time.time()
         questions = [str(q) for q in batch["question"]]
-        repeated = [q for q in questions for _ in range(self.num_samples)]
-        gens = generate(
-            self.model, self.tokenizer, repeated, max_new_tokens=self.max_new_tokens,
-            batch_size=self.batch_size * self.num_samples if self.do_sample else self.batch_size,
-            do_sample=self.do_sample, temperature=self.temperature, top_p=self.top_p,
-            seed=batch_seed(self.seed, self.label, batch["question_id"]) if self.do_sample else None,
-        )
+        if self.do_sample:
+            # One generate() call per question, its N copies seeded by the question alone: the draws of
+            # a question never depend on which other questions share its Ray Data batch. (HF sampling
+            # uses one random stream per call; the N copies share a prompt, so no padding differs.)
+            gens = []
+            for qid, question in zip(batch["question_id"], questions):
+                gens += generate(self.model, self.tokenizer, [question] * self.num_samples,
+                                 max_new_tokens=self.max_new_tokens, batch_size=self.num_samples, do_sample=True,
+                                 temperature=self.temperature, top_p=self.top_p,
+                                 seed=question_seed(self.seed, self.label, str(qid)))
+        else:
+            gens = generate(self.model, self.tokenizer, questions, max_new_tokens=self.max_new_tokens,
+                            batch_size=self.batch_size)
         finished = time.time()
         out: dict[str, list] = {k: [] for k in (
             "model", "dataset", "question_id", "sample_idx", "question", "response", "pred", "gold", "correct",

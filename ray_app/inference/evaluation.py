@@ -6,7 +6,13 @@ import time
 from dataclasses import asdict
 
 from ray_app.analysis.report import to_markdown
-from ray_app.analysis.strategies import wilson_interval
+from ray_app.analysis.estimators import (
+    bootstrap_indices,
+    paired_difference,
+    sft_base_pairs,
+    stable_seed,
+    wilson_interval,
+)
 from ray_app.config import EvalConfig
 from ray_app.data.gsm import load_split, manifest_sha256
 from ray_app.inference.actors import GenerationActor
@@ -77,6 +83,25 @@ def table1(predictions) -> "tuple[object, object]":
     return pd.DataFrame(numeric), pd.DataFrame(pretty)
 
 
+def table1_differences(predictions, resamples: int = 2000, seed: int = 0):
+    """SFT minus base (percentage points) per test set, on the same questions, with a paired bootstrap
+    interval; pairs are found by label ('small-sft' with 'small-base', see `sft_base_pairs`)."""
+    import pandas as pd
+
+    rows = []
+    correct = predictions.pivot_table(index=["dataset", "question_id"], columns="model", values="correct", aggfunc="first")
+    for sft, base in sft_base_pairs(list(dict.fromkeys(predictions["model"]))):
+        for split, column in TABLE1_COLUMNS.items():
+            if split not in correct.index.get_level_values(0):
+                continue
+            both = correct.loc[split][[sft, base]].dropna().astype(float)
+            idx = bootstrap_indices(len(both), resamples, stable_seed(seed, split, len(both)))
+            d = paired_difference(both[sft].to_numpy(), both[base].to_numpy(), idx)
+            rows.append({"comparison": f"{sft} - {base}", "test_set": column, "difference": 100 * d["difference"],
+                         "ci_low": 100 * d["ci_low"], "ci_high": 100 * d["ci_high"], "questions": len(both)})
+    return pd.DataFrame(rows, columns=["comparison", "test_set", "difference", "ci_low", "ci_high", "questions"])
+
+
 def run_evaluation(cfg: EvalConfig, log=print) -> dict:
     import pandas as pd
 
@@ -100,7 +125,13 @@ def run_evaluation(cfg: EvalConfig, log=print) -> dict:
     storage.write_jsonl(storage.join(out, "predictions.jsonl"), predictions.to_dict(orient="records"))
     numeric, pretty = table1(predictions)
     storage.write_text(storage.join(out, "table1_accuracy.csv"), numeric.to_csv(index=False, float_format="%.2f"))
-    storage.write_text(storage.join(out, "table1_accuracy.md"), "Greedy accuracy (%) [95% Wilson CI]\n\n" + to_markdown(pretty))
+    storage.write_text(storage.join(out, "table1_accuracy.md"), "Greedy accuracy (%) [95% Wilson CI; one answer per question, "
+                       "questions independent]\n\n" + to_markdown(pretty))
+    diffs = table1_differences(predictions, cfg.bootstrap_resamples, cfg.bootstrap_seed)
+    storage.write_text(storage.join(out, "table1_differences.csv"), diffs.to_csv(index=False, float_format="%.4f"))
+    storage.write_text(storage.join(out, "table1_differences.md"), "SFT minus base, percentage points [95% paired bootstrap CI over "
+                       f"the same questions, {cfg.bootstrap_resamples} resamples, seed {cfg.bootstrap_seed}]\n\n"
+                       + (to_markdown(diffs) if len(diffs) else "(no SFT/base pair of labels to compare, e.g. small-sft and small-base)\n"))
     settings = {"models": {label: model_identity(m) for label, m in parse_model_specs(cfg.models)}, "datasets": splits,
                 "limit": cfg.limit, "max_new_tokens": cfg.max_new_tokens,
                 "data_manifest_sha256": manifest_sha256(cfg.data_dir)}
@@ -108,6 +139,8 @@ def run_evaluation(cfg: EvalConfig, log=print) -> dict:
                "seconds": {**seconds, "total": time.perf_counter() - started}, "num_gpus_per_actor": num_gpus, "versions": versions()}
     storage.write_json(storage.join(out, "eval_manifest.json"), summary)
     log(to_markdown(pretty))
+    if len(diffs):
+        log(to_markdown(diffs))
     log(f"[eval] done: {len(predictions)} predictions, Table 1 -> {storage.join(out, 'table1_accuracy.md')} (and .csv, predictions.jsonl)")
     return {"predictions": predictions, "table1": numeric, "paths": {"table1_csv": storage.join(out, "table1_accuracy.csv")}, **summary}
 

@@ -8,8 +8,10 @@ run that died halfway resumes without regenerating finished questions, and no sa
 or lost. At the end the parts are gathered into `samples.parquet` and `samples.jsonl`.
 
 Output schema (one row per sample): model, dataset, question_id, sample_idx, question, response,
-pred, gold, correct, reward, num_tokens, finish_reason; plus generation_started_at, generated_at,
-scored_at (Unix seconds) and reward_replica_pid, which show the overlap and where scores came from.
+pred, gold, correct, reward, num_tokens, finish_reason. The same command gives the same bytes: each
+question's N samples are drawn from a seed of (seed, model label, question_id) alone. Beside them,
+`sample_timings.jsonl` has generation_started_at, generated_at, scored_at (Unix seconds) and
+reward_replica_pid per sample, which show the overlap and where scores came from.
 """
 
 from __future__ import annotations
@@ -157,10 +159,15 @@ def run_sampling(cfg: SampleConfig, log=print) -> dict:
     df = gather_parts(parts_dir, cfg.num_samples, {label: {r["question_id"] for r in rows} for label, _ in specs}, fp)
     import io
 
+    # The samples files hold what the settings decide, so the same command gives the same bytes;
+    # when and where each sample was made (which differs run to run) goes beside them.
+    samples = df[SAMPLE_COLUMNS]
     buffer = io.BytesIO()
-    df.to_parquet(buffer, index=False)
+    samples.to_parquet(buffer, index=False)
     storage.write_bytes(storage.join(out, "samples.parquet"), buffer.getvalue())
-    storage.write_jsonl(storage.join(out, "samples.jsonl"), df.to_dict(orient="records"))
+    storage.write_jsonl(storage.join(out, "samples.jsonl"), samples.to_dict(orient="records"))
+    storage.write_jsonl(storage.join(out, "sample_timings.jsonl"),
+                        df[["model", "question_id", "sample_idx"] + TIMING_COLUMNS].to_dict(orient="records"))
     new = df[df["scored_at"] >= started_at]  # rows scored by this run (a resumed run keeps older ones)
     overlap = None
     if len(new):
@@ -173,9 +180,9 @@ def run_sampling(cfg: SampleConfig, log=print) -> dict:
     seconds["total"] = time.perf_counter() - started
     manifest = {"config": asdict(cfg), "settings": generation, "config_fingerprint": fp, "rows": len(df), "scored_this_run": scored, "score_retries_used": retried, "resumed_pairs": len(done),
                 "overlap": overlap, "reward_batching": stats, "seconds": seconds, "versions": versions(),
-                "schema": SAMPLE_COLUMNS + TIMING_COLUMNS}
+                "schema": {"samples": SAMPLE_COLUMNS, "sample_timings": ["model", "question_id", "sample_idx"] + TIMING_COLUMNS}}
     storage.write_json(storage.join(out, "sample_manifest.json"), manifest)
-    log(f"[sample] done: {len(df)} samples ({scored} scored now) -> {storage.join(out, 'samples.parquet')} (and samples.jsonl, sample_manifest.json)")
+    log(f"[sample] done: {len(df)} samples ({scored} scored now) -> {storage.join(out, 'samples.parquet')} (and samples.jsonl, sample_timings.jsonl, sample_manifest.json)")
     if overlap:
         t0 = overlap["generation_began_at"]
         log(f"[sample] overlap: first score {overlap['first_score_at'] - t0:.1f}s after generation began; "
@@ -193,6 +200,6 @@ def sampling_settings(cfg: SampleConfig) -> dict:
     return {
         "models": {label: model_identity(model) for label, model in parse_model_specs(cfg.models)},
         "dataset": cfg.dataset, "num_samples": cfg.num_samples, "temperature": cfg.temperature, "top_p": cfg.top_p,
-        "seed": cfg.seed, "max_new_tokens": cfg.max_new_tokens, "reward_model": model_identity(cfg.reward_model),
+        "seed": cfg.seed, "seeding": "per question: sha256(seed:label:question_id)", "max_new_tokens": cfg.max_new_tokens, "reward_model": model_identity(cfg.reward_model),
         "data_manifest_sha256": manifest_sha256(cfg.data_dir),
     }
