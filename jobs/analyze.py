@@ -13,7 +13,7 @@ Accuracy at n is, for every strategy, the mean over all size-n subsets of a ques
 
 Writes table2_scaling.csv/.md (rows model x strategy, columns n), table2_first_n.csv/.md,
 table2_differences.csv/.md, table3_failures.csv/.md, unique_answers_dist.png, accuracy_vs_n.png,
-failure_modes.txt and analysis_manifest.json.
+failure_modes.txt, analysis_manifest.json, and report.html: all of it in one self-contained file.
 Relative paths are under the storage root (--storage-root, $RAY_APP_STORAGE_ROOT or ~/ray-app-gsm).
 Ties: the answer whose first sample has the lowest sample_idx wins; Best-of-N: the lowest sample_idx.
 """
@@ -30,7 +30,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ray_app import cli, storage  # noqa: E402
+from ray_app.analysis.html_report import write_html_report  # noqa: E402
 from ray_app.analysis.report import read_samples, to_markdown, write_report  # noqa: E402
+from ray_app.models.registry import parse_model_specs  # noqa: E402
 from ray_app.utils.fingerprint import fingerprint  # noqa: E402
 from ray_app.utils.io import DataError  # noqa: E402
 from ray_app.utils.run_info import versions  # noqa: E402
@@ -73,11 +75,18 @@ def _main(args) -> int:
         local_out = out if not storage.is_uri(out) else tmp
         result = write_report(df, local_out, ns, args.softmax_temperature, args.bootstrap_resamples, args.seed, args.max_subsets)
         settings = {"samples_sha256": samples_sha, **result["settings"]}
+        # The models behind the samples, from the sampling run's manifest beside them (when there is one).
+        sample_manifest = storage.join(storage.parent(samples), "sample_manifest.json")
+        sampled = storage.read_json(sample_manifest)["config"] if storage.is_file(sample_manifest) else {}
+        models = dict(parse_model_specs(sampled["models"])) if sampled.get("models") else {}
+        if sampled.get("reward_model"):
+            models["reward model"] = sampled["reward_model"]
         storage.write_json(storage.join(local_out, "analysis_manifest.json"), {
             "samples": samples, "samples_sha256": samples_sha, "rows": len(df), "settings": settings,
-            "config_fingerprint": fingerprint(settings), "ns": ns, "files": result["paths"],
+            "config_fingerprint": fingerprint(settings), "ns": ns, "files": result["paths"], "models": models,
             "seconds": time.perf_counter() - started, "versions": versions(),
         })
+        result["paths"]["report.html"] = str(write_html_report(local_out, "Inference-time scaling: selection strategies vs samples per question", models))
         if storage.is_uri(out):
             storage.upload_dir(tmp, out)
     print(to_markdown(result["differences"]) if len(result["differences"]) else "")

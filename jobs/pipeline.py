@@ -8,8 +8,9 @@ examples:
 
 Everything goes to <root>/pipeline/ (root: --storage-root, $RAY_APP_STORAGE_ROOT or ~/ray-app-gsm):
 data/, sft/, eval/, samples/ and report/. The report folder holds Table 1 (greedy accuracy), Table 2 (scaling with n), Table 3 (failures),
-the plots, the SFT loss curves, README.md with everything in one page, and pipeline_manifest.json
-(config of every stage, versions, seeds, timings per stage).
+the plots, the SFT loss curves, README.md and report.html with everything in one page (report.html
+is self-contained: open it in a browser, offline), and pipeline_manifest.json (config of every stage,
+versions, seeds, timings per stage). `python jobs/report.py --report pipeline/report` rebuilds report.html.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ def main(argv=None) -> int:
 def _main(pcfg, args) -> int:
     sections = {s: resolve_section(s, args.preset, args.config, {}) for s in ("data", "sft", "eval", "sample")}
 
+    from ray_app.analysis.html_report import write_html_report
     from ray_app.analysis.report import read_samples, write_report
     from ray_app.data.gsm import build_from_config
     from ray_app.inference.evaluation import run_evaluation
@@ -123,6 +125,7 @@ def _main(pcfg, args) -> int:
         }
         storage.write_json(str(local / "pipeline_manifest.json"), manifest)
         storage.write_text(str(local / "README.md"), _report_markdown(pcfg.report_title, local, timings, labels))
+        write_html_report(local, pcfg.report_title, labels)
         if storage.is_uri(report):
             storage.upload_dir(local, report)
     print(f"\n[pipeline] report: {storage.join(report, 'README.md')}  ({timings['total'] / 60:.1f} min)")

@@ -175,6 +175,30 @@ class SampleConfig(GenerationConfig):
 
 
 @dataclass
+class CoverageConfig(SampleConfig):
+    """Sampling to large N on a question subset (coverage and the verifier's ceiling)."""
+
+    out_dir: str = _f("coverage", "folder for samples/, coverage and verifier tables, plots, report.html", path=True)
+    num_samples: int = _f(64, "samples per question (N); coverage is computed for every k up to N")
+    limit: Optional[int] = _f(20, "questions (the first K of the test split)")
+
+
+@dataclass
+class DataScalingConfig:
+    """SFT at several training-set sizes, each evaluated greedily on the same held-out questions."""
+
+    out_dir: str = _f("data_scaling", "folder for the subsets, SFT runs, evaluations, table, plot and report.html", path=True)
+    data_dir: str = _f("data", "folder with the built data sets (the training file is subsampled from it)", path=True)
+    sizes: str = _f("100,300,1000,4500", "comma-separated training-set sizes (nested seeded subsets of the training file)")
+    model: str = _f("tiny-gemma3-small", "model to fine-tune at every size")
+    max_steps: int = _f(-1, "SFT steps at every size (-1: the sft section's epochs, so bigger sets train longer)")
+    subset_seed: int = _f(1234, "seed of the shuffle the nested subsets are cut from")
+    eval_dataset: str = _f("gsm_symbolic_test", "test split to evaluate every model on")
+    eval_limit: Optional[int] = _f(None, "questions of that split (None: all 100)")
+    max_new_tokens: Optional[int] = _f(None, "greedy budget (default: the eval section's)")
+
+
+@dataclass
 class PipelineConfig:
     """The whole study in one command; the other sections of the preset supply everything else."""
 
@@ -196,6 +220,8 @@ SECTIONS: dict[str, type] = {
     "sft": SFTConfig,
     "eval": EvalConfig,
     "sample": SampleConfig,
+    "coverage": CoverageConfig,
+    "data_scaling": DataScalingConfig,
     "pipeline": PipelineConfig,
 }
 

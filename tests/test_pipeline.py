@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from browser import render
 from conftest import run_job
 
 pytestmark = pytest.mark.slow
@@ -34,6 +35,17 @@ def test_default_pipeline_leaves_the_report(full_data, tmp_path):
         diffs = {(r["comparison"], r["test_set"]) for r in csv.DictReader(f)}
     assert diffs == {(f"{size}-sft - {size}-base", t) for size in ("small", "large")
                      for t in ("gsm-symbolic", "gsm8k-same_templates", "gsm8k-non_overlapping")}
+
+    # report.html, as a reader gets it in a browser: the tiny-model note first, Table 1 with the format
+    # share beside each accuracy, every plot decoded, nothing fetched from outside the file.
+    page = render(report / "report.html")
+    assert page["requests"] == [] and all(i["ok"] for i in page["images"]) and len(page["images"]) >= 4
+    assert "What a tiny-model run can and cannot show." in "\n".join(page["text"].splitlines()[:3])
+    assert page["headings"][0] == "Table 1: greedy accuracy on the three test sets"
+    table1 = {row[0]: row[1:] for row in page["tables"][0][1:]}
+    assert set(table1) == {"small-base", "small-sft", "large-base", "large-sft"}
+    assert all("; format " in cell and cell.endswith("/40") for cells in table1.values() for cell in cells)
+    assert {"SFT loss", "Timings", "Config, versions, seeds"} <= set(page["headings"])
 
     manifest = json.loads((report / "pipeline_manifest.json").read_text())
     assert set(manifest["timings_s"]) == {"data", "sft_small", "sft_large", "evaluate", "sample_and_score", "analyze", "total"}

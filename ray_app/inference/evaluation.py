@@ -15,6 +15,7 @@ from ray_app.analysis.estimators import (
 )
 from ray_app.config import EvalConfig
 from ray_app.data.gsm import load_split, manifest_sha256
+from ray_app.data.prompts import has_final_answer_line
 from ray_app.inference.actors import GenerationActor
 from ray_app import storage
 from ray_app.models.registry import model_identity, parse_model_specs
@@ -64,7 +65,8 @@ def generate_with_actors(rows: list[dict], label: str, model: str, corpus_file: 
 
 
 def table1(predictions) -> "tuple[object, object]":
-    """(csv frame, markdown frame): rows models, columns test sets, accuracy % with 95% Wilson CI."""
+    """(csv frame, markdown frame): rows models, columns test sets, accuracy % with 95% Wilson CI and
+    the share of answers in the trained format ('Final answer: N.')."""
     import pandas as pd
 
     numeric, pretty = [], []
@@ -75,9 +77,12 @@ def table1(predictions) -> "tuple[object, object]":
             if part.empty:
                 continue
             k, n = int(part["correct"].sum()), len(part)
+            formatted = int(part["final_answer_format"].sum())
             low, high = wilson_interval(k, n)
-            row_n.update({column: 100 * k / n, f"{column}_ci_low": 100 * low, f"{column}_ci_high": 100 * high, f"{column}_n": n})
-            row_p[column] = f"{100 * k / n:.1f} [{100 * low:.1f}, {100 * high:.1f}]"
+            row_n.update({column: 100 * k / n, f"{column}_ci_low": 100 * low, f"{column}_ci_high": 100 * high, f"{column}_n": n,
+                          f"{column}_format": 100 * formatted / n})
+            # On tiny models the answer format is the effect SFT can show, so it sits beside the accuracy.
+            row_p[column] = f"{100 * k / n:.1f} [{100 * low:.1f}, {100 * high:.1f}]; format {formatted}/{n}"
         numeric.append(row_n)
         pretty.append(row_p)
     return pd.DataFrame(numeric), pd.DataFrame(pretty)
@@ -122,11 +127,12 @@ def run_evaluation(cfg: EvalConfig, log=print) -> dict:
     predictions = pd.concat(frames, ignore_index=True).sort_values(["model", "dataset", "question_id"], kind="stable")
     out = cfg.out_dir
     predictions = predictions.drop(columns=["sample_idx", "generation_started_at", "generated_at"])
+    predictions["final_answer_format"] = predictions["response"].map(has_final_answer_line)
     storage.write_jsonl(storage.join(out, "predictions.jsonl"), predictions.to_dict(orient="records"))
     numeric, pretty = table1(predictions)
     storage.write_text(storage.join(out, "table1_accuracy.csv"), numeric.to_csv(index=False, float_format="%.2f"))
     storage.write_text(storage.join(out, "table1_accuracy.md"), "Greedy accuracy (%) [95% Wilson CI; one answer per question, "
-                       "questions independent]\n\n" + to_markdown(pretty))
+                       "questions independent]; format: answers ending 'Final answer: N.'\n\n" + to_markdown(pretty))
     diffs = table1_differences(predictions, cfg.bootstrap_resamples, cfg.bootstrap_seed)
     storage.write_text(storage.join(out, "table1_differences.csv"), diffs.to_csv(index=False, float_format="%.4f"))
     storage.write_text(storage.join(out, "table1_differences.md"), "SFT minus base, percentage points [95% paired bootstrap CI over "

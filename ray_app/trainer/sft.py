@@ -175,7 +175,10 @@ def train_func(config: dict) -> None:
         os.environ[key] = value
     # Data and model reach this node through storage (or are rebuilt here, deterministically).
     train_file = str(storage.local_copy(cfg.resolved_train_file))
-    model_path = materialize_model(cfg.model, corpus_file=cfg.resolved_train_file)
+    # An embedded model's tokenizer is learned from the full training file of the data dir, also when
+    # training on a subset of it (jobs/data_scaling.py): every subset fine-tunes the same base model.
+    corpus = storage.join(cfg.data_dir, "gsm_symbolic_train.jsonl")
+    model_path = materialize_model(cfg.model, corpus_file=corpus if storage.exists(corpus) else cfg.resolved_train_file)
 
     # Ray Train already set up torch.distributed; DeepSpeed wraps that process group. It must know the
     # world size before ZeRO-3 partitions weights inside from_pretrained.

@@ -1,0 +1,76 @@
+#!/usr/bin/env python
+"""Rebuild the self-contained report.html of a report folder from the outputs already in it.
+
+examples:
+  python jobs/report.py                                    # <root>/pipeline/report/report.html
+  python jobs/report.py --report report                    # the folder jobs/analyze.py wrote
+  python jobs/report.py --report s3://my-bucket/gsm/pipeline/report --title "gemma-3-1b, seed 1234"
+
+Reads the Markdown tables (table1_*, table2_*, table3_*, coverage, verifier, data_scaling), the PNG
+plots and the *_manifest.json files that jobs/pipeline.py, analyze.py, coverage.py, verifier.py and
+data_scaling.py wrote into the folder, and writes report.html beside them: tables, plots (embedded),
+config, versions and timings, nothing loaded from outside the file. Nothing is recomputed.
+Relative paths are under the storage root (--storage-root, $RAY_APP_STORAGE_ROOT or ~/ray-app-gsm).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ray_app import cli, storage  # noqa: E402
+from ray_app.analysis.html_report import MANIFESTS, write_html_report  # noqa: E402
+from ray_app.utils.io import DataError  # noqa: E402
+
+
+def main(argv=None) -> int:
+    description, _, epilog = __doc__.strip().partition("\n\n")
+    parser = argparse.ArgumentParser(description=description, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--report", default="pipeline/report", help="report folder to rebuild report.html in [default: %(default)s]")
+    parser.add_argument("--title", default=None, help="page title [default: the existing report.html's, else 'GSM study: SFT and inference-time scaling']")
+    parser.add_argument("--storage-root", default=None, help=f"root for relative paths [default: ${storage.ROOT_ENV} or {storage.DEFAULT_ROOT}]")
+    args = parser.parse_args(argv)
+    try:
+        args.storage_root = storage.resolve_root(args.storage_root)
+    except storage.StorageError as e:
+        parser.error(str(e))
+    return cli.run(lambda: _main(args))
+
+
+def _main(args) -> int:
+    folder = storage.under_root(args.storage_root, args.report)
+    files = storage.list_files(folder) if storage.is_dir(folder) else []
+    names = {storage.basename(f) for f in files}
+    if not names & ({n for n in MANIFESTS} | {"table1_accuracy.md", "table2_scaling.md"}):
+        raise DataError(f"{folder}: no report outputs there (no table1_accuracy.md, table2_scaling.md or *_manifest.json); "
+                        "run jobs/pipeline.py or jobs/analyze.py first, or pass --report with the folder they wrote")
+    title = args.title or _existing_title(storage.join(folder, "report.html")) or "GSM study: SFT and inference-time scaling"
+    if not storage.is_uri(folder):
+        path = write_html_report(folder, title)
+    else:
+        with tempfile.TemporaryDirectory(prefix="ray_app_report_") as tmp:
+            for f in files:  # only what the page reads: tables, plots, manifests
+                if f.endswith((".md", ".png", ".json")):
+                    Path(tmp, storage.basename(f)).write_bytes(storage.read_bytes(f))
+            storage.upload_file(write_html_report(tmp, title), storage.join(folder, "report.html"))
+        path = storage.join(folder, "report.html")
+    print(f"[report] done: {path}")
+    return 0
+
+
+def _existing_title(path: str) -> str | None:
+    import html
+    import re
+
+    if not storage.is_file(path):
+        return None
+    match = re.search(r"<title>(.*?)</title>", storage.read_text(path), re.DOTALL)
+    return html.unescape(match.group(1)) if match else None
+
+
+if __name__ == "__main__":
+    sys.exit(main())
