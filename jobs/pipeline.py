@@ -68,7 +68,7 @@ def _main(pcfg, args) -> int:
         build_from_config(data_cfg, extra_manifest={"versions": versions()})
 
     base_sft = dataclasses.replace(sections["sft"], data_dir=data_dir, train_file=None, storage_path=storage.join(out, "sft"),
-                                   export_dir=None, encode_cache_dir=None, eval_after=False)
+                                   export_dir=None, encode_cache_dir=None, eval_after=False, fresh_run=pcfg.fresh_run)
     sft_cfgs = {
         "small": dataclasses.replace(base_sft, model=pcfg.small_model, run_name=f"sft-{pcfg.small_model}",
                                      max_steps=pcfg.small_max_steps),
@@ -96,7 +96,7 @@ def _main(pcfg, args) -> int:
 
     sample_cfg = dataclasses.replace(
         sections["sample"], data_dir=data_dir, out_dir=storage.join(out, "samples"), limit=pcfg.sample_limit,
-        models=f"small-base={labels['small-base']},small-sft={labels['small-sft']}",
+        models=f"small-base={labels['small-base']},small-sft={labels['small-sft']}", fresh_run=pcfg.fresh_run,
         max_new_tokens=pcfg.max_new_tokens or sections["sample"].max_new_tokens,
     )
     with _stage("sample_and_score", timings):

@@ -212,7 +212,9 @@ class PipelineConfig:
     eval_limit: Optional[int] = _f(None, "questions per test set in evaluation (None: all 100)")
     sample_limit: Optional[int] = _f(None, "questions sampled per model (None: all)")
     max_new_tokens: Optional[int] = _f(None, "generation budget for evaluation and sampling (default: their sections')")
-    report_title: str = _f("GSM SFT and inference-time scaling study", "title of report/README.md")
+    report_title: str = _f("GSM SFT and inference-time scaling study", "title of report/README.md and report.html")
+    fresh_run: bool = _f(False, "delete the study's earlier SFT runs and samples and start over (default: resume, and "
+                         "refuse when they were made with other settings or data)")
 
 
 SECTIONS: dict[str, type] = {

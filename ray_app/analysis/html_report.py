@@ -138,7 +138,7 @@ def write_html_report(folder: str | Path, title: str, models: Optional[dict] = N
         caption, table, after = _markdown_table(path.read_text())
         parts.append(f"<h2>{html.escape(heading)}</h2>{table}<p class=\"how\">{html.escape(how)} {html.escape(caption)}</p>")
         if after:
-            parts.append("<p class=\"how\">" + "<br>".join(html.escape(line.lstrip("- ")) for line in after.splitlines()) + "</p>")
+            parts.append("<p class=\"how\">" + "<br>".join(html.escape(line.lstrip("- ").replace("`", "")) for line in after.splitlines()) + "</p>")
     curves = sorted(folder.glob("loss_curve*.png"))
     if curves:
         parts.append("<h2>SFT loss</h2>" + "".join(_image(p, p.stem.replace("_", " ")) for p in curves)
