@@ -20,7 +20,6 @@ Ties: the answer whose first sample has the lowest sample_idx wins; Best-of-N: t
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import sys
 import tempfile
@@ -39,8 +38,7 @@ from ray_app.utils.run_info import versions  # noqa: E402
 
 
 def main(argv=None) -> int:
-    description, _, epilog = __doc__.strip().partition("\n\n")
-    parser = argparse.ArgumentParser(description=description, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.file_job_parser(__doc__)
     parser.add_argument("--samples", default="samples/samples.parquet", help="samples file (.parquet or .jsonl) from jobs/sample.py [default: %(default)s]")
     parser.add_argument("--out", default="report", help="folder for tables, plots and traces [default: %(default)s]")
     parser.add_argument("--ns", default="1,2,4,8", help="sample counts n to evaluate each strategy at [default: %(default)s]")
@@ -48,13 +46,7 @@ def main(argv=None) -> int:
     parser.add_argument("--bootstrap-resamples", type=int, default=2000, help="bootstrap resamples of the questions for every interval [default: %(default)s]")
     parser.add_argument("--max-subsets", type=int, default=4096, help="enumerate the size-n subsets up to this many, else draw this many [default: %(default)s]")
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and of drawn subsets [default: %(default)s]")
-    parser.add_argument("--storage-root", default=None, help=f"root for relative paths [default: ${storage.ROOT_ENV} or {storage.DEFAULT_ROOT}]")
-    args = parser.parse_args(argv)
-    try:
-        args.storage_root = storage.resolve_root(args.storage_root)
-    except storage.StorageError as e:
-        parser.error(str(e))
-    return cli.run(lambda: _main(args))
+    return cli.run_file_job(parser, argv, _main)
 
 
 def _main(args) -> int:

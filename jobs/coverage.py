@@ -35,7 +35,7 @@ def main(argv=None) -> int:
 def _main(cfg, args) -> int:
     if cfg.num_samples < 2:
         raise ValueError("--num-samples must be >= 2 for a coverage curve")
-    from ray_app.analysis.curves import write_coverage_report, write_verifier_report
+    from ray_app.analysis.curves import describe_verifier, write_coverage_report, write_verifier_report
     from ray_app.analysis.html_report import write_html_report
     from ray_app.analysis.report import read_samples
     from ray_app.inference.sampling import run_sampling
@@ -75,9 +75,8 @@ def _main(cfg, args) -> int:
     for (model, dataset), fit in coverage["fits"].items():
         said = fit.get("error") or f"coverage(k) = exp({fit['a']:.3g} k^{fit['b']:.3g}), R^2 {fit['r2']:.3f}"
         print(f"[coverage] {model} / {dataset}: {said}")
-    for (model, dataset), s in verifier["stats"].items():
-        print(f"[coverage] verifier {model}: AUC {s['auc']:.3f} [{s['auc_ci_low']:.3f}, {s['auc_ci_high']:.3f}], "
-              f"Best-of-N ceiling {100 * s['best_of_n_ceiling']:.1f}%")
+    for line in describe_verifier(verifier["stats"]):
+        print(f"[coverage] verifier {line}")
     print(f"[coverage] done: {storage.join(out, 'report.html')} (and coverage.*, verifier.*, coverage_manifest.json)")
     return 0
 

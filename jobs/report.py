@@ -15,7 +15,6 @@ Relative paths are under the storage root (--storage-root, $RAY_APP_STORAGE_ROOT
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 from pathlib import Path
@@ -28,17 +27,10 @@ from ray_app.utils.io import DataError  # noqa: E402
 
 
 def main(argv=None) -> int:
-    description, _, epilog = __doc__.strip().partition("\n\n")
-    parser = argparse.ArgumentParser(description=description, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.file_job_parser(__doc__)
     parser.add_argument("--report", default="pipeline/report", help="report folder to rebuild report.html in [default: %(default)s]")
     parser.add_argument("--title", default=None, help="page title [default: the existing report.html's, else 'GSM study: SFT and inference-time scaling']")
-    parser.add_argument("--storage-root", default=None, help=f"root for relative paths [default: ${storage.ROOT_ENV} or {storage.DEFAULT_ROOT}]")
-    args = parser.parse_args(argv)
-    try:
-        args.storage_root = storage.resolve_root(args.storage_root)
-    except storage.StorageError as e:
-        parser.error(str(e))
-    return cli.run(lambda: _main(args))
+    return cli.run_file_job(parser, argv, _main)
 
 
 def _main(args) -> int:

@@ -15,7 +15,6 @@ $RAY_APP_STORAGE_ROOT or ~/ray-app-gsm).
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import sys
 import tempfile
@@ -29,23 +28,16 @@ from ray_app.utils.io import DataError  # noqa: E402
 
 
 def main(argv=None) -> int:
-    description, _, epilog = __doc__.strip().partition("\n\n")
-    parser = argparse.ArgumentParser(description=description, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.file_job_parser(__doc__)
     parser.add_argument("--samples", default="samples/samples.parquet", help="samples file (.parquet or .jsonl) from jobs/sample.py or coverage.py [default: %(default)s]")
     parser.add_argument("--out", default="verifier", help="folder for the table, plot and report.html [default: %(default)s]")
     parser.add_argument("--bootstrap-resamples", type=int, default=2000, help="bootstrap resamples of the questions [default: %(default)s]")
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap [default: %(default)s]")
-    parser.add_argument("--storage-root", default=None, help=f"root for relative paths [default: ${storage.ROOT_ENV} or {storage.DEFAULT_ROOT}]")
-    args = parser.parse_args(argv)
-    try:
-        args.storage_root = storage.resolve_root(args.storage_root)
-    except storage.StorageError as e:
-        parser.error(str(e))
-    return cli.run(lambda: _main(args))
+    return cli.run_file_job(parser, argv, _main)
 
 
 def _main(args) -> int:
-    from ray_app.analysis.curves import write_verifier_report
+    from ray_app.analysis.curves import describe_verifier, write_verifier_report
     from ray_app.analysis.html_report import write_html_report
     from ray_app.analysis.report import read_samples
     from ray_app.utils.run_info import versions
@@ -68,9 +60,8 @@ def _main(args) -> int:
         write_html_report(local, "The reward model as a verifier")
         if storage.is_uri(out):
             storage.upload_dir(local, out)
-    for (model, dataset), s in result["stats"].items():
-        print(f"[verifier] {model} / {dataset}: AUC {s['auc']:.3f} [{s['auc_ci_low']:.3f}, {s['auc_ci_high']:.3f}], "
-              f"false positives {100 * s['false_positive_rate']:.1f}%, Best-of-N ceiling {100 * s['best_of_n_ceiling']:.1f}%")
+    for line in describe_verifier(result["stats"]):
+        print(f"[verifier] {line}")
     print(f"[verifier] done: {storage.join(out, 'report.html')} (and verifier.csv/.md/.png, verifier_manifest.json)")
     return 0
 

@@ -51,6 +51,26 @@ def run(main: Callable[[], int]) -> int:
         return 2
 
 
+def file_job_parser(doc: str):
+    """The parser of a job that reads outputs rather than a config section (analyze, verifier, report):
+    its docstring's first paragraph describes it, the rest (examples) ends --help."""
+    import argparse
+
+    description, _, epilog = doc.strip().partition("\n\n")
+    return argparse.ArgumentParser(description=description, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def run_file_job(parser, argv, main: Callable) -> int:
+    """Add --storage-root, parse, resolve the root (a bad one is a usage error), then `run(main(args))`."""
+    parser.add_argument("--storage-root", default=None, help=f"root for relative paths [default: ${storage.ROOT_ENV} or {storage.DEFAULT_ROOT}]")
+    args = parser.parse_args(argv)
+    try:
+        args.storage_root = storage.resolve_root(args.storage_root)
+    except storage.StorageError as e:
+        parser.error(str(e))
+    return run(lambda: main(args))
+
+
 DATA_DIR_HELP = "folder with the data sets [default: STORAGE_ROOT/data, built there when missing]"
 ROOT_HELP = f"storage root [default: ${storage.ROOT_ENV} or {storage.DEFAULT_ROOT}]"
 

@@ -253,6 +253,13 @@ def verifier_stats(groups: Sequence[QuestionSamples], resamples: int = 2000, see
     return out
 
 
+def describe_verifier(stats: dict[tuple[str, str], dict]) -> list[str]:
+    """One log line per model and data set: AUC with its interval, false positives, the ceiling."""
+    return [f"{model} / {dataset}: AUC {s['auc']:.3f} [{s['auc_ci_low']:.3f}, {s['auc_ci_high']:.3f}], "
+            f"false positives {100 * s['false_positive_rate']:.1f}%, Best-of-N ceiling {100 * s['best_of_n_ceiling']:.1f}%"
+            for (model, dataset), s in stats.items()]
+
+
 def verifier_table(stats: dict[tuple[str, str], dict]):
     """`verifier_stats` as a tidy frame: one row per model and data set, columns model, dataset, then
     the stats in the order `verifier_stats` gives them."""
