@@ -66,9 +66,8 @@ def measure_worker(config: dict) -> None:
     import deepspeed
     import ray.train
     import torch
-    from transformers import AutoModelForCausalLM
-
     from ray_app.config import SFTConfig
+    from ray_app.models.loading import load_policy_for_training
     from ray_app.trainer.sft import deepspeed_config
 
     ctx = ray.train.get_context()
@@ -79,9 +78,12 @@ def measure_worker(config: dict) -> None:
         torch.manual_seed(0)
         a = _live_storages(device_type)
         bf16 = config["precision"] == "bf16"
-        model = AutoModelForCausalLM.from_pretrained(materialize_model(config["model"], config["corpus"]), dtype=torch.bfloat16 if bf16 else torch.float32)
-        num_params = sum(p.numel() for p in model.parameters())
-        hidden = model.config.hidden_size
+        # Loaded as SFT loads it: a multimodal checkpoint's vision tower is frozen (weights only).
+        model, counted = load_policy_for_training(materialize_model(config["model"], config["corpus"]),
+                                                  dtype=torch.bfloat16 if bf16 else torch.float32)
+        num_params, frozen_params = counted["total"], counted["frozen"]
+        text_config = model.config.get_text_config()
+        hidden = text_config.hidden_size
         ds = deepspeed_config(SFTConfig(zero_stage=stage), on_gpu=on_gpu)
         ds.update(train_micro_batch_size_per_gpu=2, gradient_accumulation_steps=1, train_batch_size=2 * ctx.get_world_size(), gradient_clipping=1.0)
         ds["bf16"] = {"enabled": bf16}
@@ -95,10 +97,11 @@ def measure_worker(config: dict) -> None:
         }.items():
             if zero.get(key) == "auto":
                 zero[key] = value
-        engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=ds)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        engine, *_ = deepspeed.initialize(model=model, model_parameters=trainable, config=ds)
         b = _live_storages(device_type)
         params = _param_storages(engine.module)
-        batch = torch.randint(0, model.config.vocab_size, (2, 64), device=engine.device)
+        batch = torch.randint(0, text_config.vocab_size, (2, 64), device=engine.device)
         loss = engine(input_ids=batch, labels=batch).loss
         engine.backward(loss)
         c = _live_storages(device_type)
@@ -114,6 +117,7 @@ def measure_worker(config: dict) -> None:
         optim = {k: v for k, v in (new_at_b | {k: v for k, v in d.items() if k not in c}).items() if k not in params and k not in grads}
         results[stage] = {
             "num_params": num_params,
+            "frozen_params": frozen_params,
             "parameters": sum(params.values()),
             "gradients": sum(grads.values()),
             "optimizer": sum(optim.values()),
@@ -172,7 +176,8 @@ def main(argv=None) -> int:
             total = r["parameters"] + r["gradients"] + r["optimizer"]
             base = res[str(stages[0])]
             base_total = base["parameters"] + base["gradients"] + base["optimizer"]
-            est = model_state_bytes(r["num_params"], stage, args.workers, mixed_precision=args.precision == "bf16").total
+            est = model_state_bytes(r["num_params"], stage, args.workers, mixed_precision=args.precision == "bf16",
+                                    frozen_params=r.get("frozen_params", 0)).total
             ratio = total / base_total
             figures.setdefault(stage, []).append({**r, "total": total, "ratio_vs_first_stage": ratio, "estimate": est})
             print(f"{stage:>5} {rank:>4} {r['parameters'] / kib:>10.0f} {r['gradients'] / kib:>10.0f} {r['optimizer'] / kib:>10.0f} "

@@ -27,7 +27,6 @@ from ray_app import cli  # noqa: E402
 from ray_app.config import BatchPlan, DataConfig, parse_job_config  # noqa: E402
 from ray_app.models.registry import get_preset, resolve_model_spec  # noqa: E402
 from ray_app.trainer.job import count_rows, print_plan  # noqa: E402
-from ray_app.trainer.memory import GiB  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -40,14 +39,11 @@ def _main(cfg, args) -> int:
     if cfg.zero_stage not in (0, 1, 2, 3):
         raise ValueError(f"--zero-stage must be 0, 1, 2 or 3, got {cfg.zero_stage}")
 
-    preset = get_preset(cfg.model)
-    num_params = preset.arch.parameter_count() if preset else None
     if cfg.dry_run:
+        preset = get_preset(cfg.model)
         num_examples = count_rows(cfg.resolved_train_file) or DataConfig().train_size  # planned size if not built yet
         on_gpu = cfg.use_gpu if cfg.use_gpu is not None else bool(preset and not preset.embedded)
-        print_plan(cfg, plan, num_examples, num_params, on_gpu)
-        if num_params:
-            print(f"[plan] estimated from the architecture in ray_app/models/registry.py; 1 GiB = {GiB} bytes")
+        print_plan(cfg, plan, num_examples, on_gpu)
         return 0
 
     from ray_app.trainer.job import train_and_report

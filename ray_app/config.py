@@ -97,6 +97,8 @@ class SFTConfig:
     save_steps: int = _f(50, "checkpoint every N optimizer steps (Ray Train keeps the latest)")
     num_checkpoints_to_keep: int = _f(2, "checkpoints Ray Train keeps in storage")
     max_failures: int = _f(1, "times Ray Train restarts the worker group from the latest checkpoint")
+    resource_wait_s: float = _f(600.0, "seconds to wait for the cluster (or its autoscaler) to provide the workers' CPUs/GPUs "
+                                "before stopping with an error that names what is missing")
     wandb_project: str = _f("ray-app-gsm", "Weights & Biases project")
     wandb_mode: str = _f("auto", "'auto' (online with WANDB_API_KEY, else offline), 'online', 'offline' or 'disabled'")
     eval_after: bool = _f(True, "after training, greedy-decode the test split and report 'Final answer:' format and accuracy")
@@ -138,6 +140,8 @@ class GenerationConfig:
     actors_per_model: int = _f(1, "Ray Data actors per model (one model each; one GPU each when the cluster has GPUs)")
     num_gpus_per_actor: Optional[float] = _f(None, "GPUs per generation actor; default 1 on GPU clusters, else 0")
     limit: Optional[int] = _f(None, "only the first K questions of each split (quick runs)")
+    resource_wait_s: float = _f(600.0, "seconds to wait for the cluster (or its autoscaler) to provide the generation actors' "
+                                "(and reward replicas') CPUs/GPUs before stopping with an error that names what is missing")
 
 
 @dataclass
@@ -166,6 +170,12 @@ class SampleConfig(GenerationConfig):
     reward_batch_wait_timeout_s: float = _f(0.01, "@serve.batch wait before a partial batch runs")
     reward_autoscaling: bool = _f(False, "autoscale replicas between reward_replicas and reward_max_replicas")
     reward_max_replicas: int = _f(4, "autoscaling upper bound")
+    reward_max_in_flight: int = _f(8, "scoring requests the sampler keeps in flight (one generated batch each)")
+    reward_target_ongoing_requests: Optional[int] = _f(None, "autoscaling target of ongoing requests per replica "
+                                                       "(None: max(1, reward_max_in_flight // reward_max_replicas), so "
+                                                       "the sampler's full load asks for the most replicas)")
+    reward_upscale_delay_s: float = _f(30.0, "autoscaling: seconds of higher load before replicas are added")
+    reward_downscale_delay_s: float = _f(600.0, "autoscaling: seconds of lower load before replicas are removed")
     serve_host: str = _f("127.0.0.1", "HTTP bind address of the reward endpoint (loopback by default)")
     serve_port: int = _f(8000, "HTTP port of the reward endpoint")
     score_retries: int = _f(5, "retries (backoff 1, 2, 4, ... s) of a scoring request whose replica died")

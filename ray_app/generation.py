@@ -10,8 +10,6 @@ from typing import Sequence
 from ray_app.data.encoding import build_prompt_text
 from ray_app.data.prompts import extract_answer, has_final_answer_line
 
-STOP_TOKENS = ("<end_of_turn>", "<eos>")
-
 
 @dataclass
 class Generation:
@@ -37,11 +35,21 @@ def load_policy(path: str, device: str | None = None, dtype=None):
     return tokenizer, model
 
 
-def stop_token_ids(tokenizer) -> list[int]:
-    vocab = tokenizer.get_vocab()
-    ids = {vocab[t] for t in STOP_TOKENS if t in vocab}
+def stop_token_ids(model, tokenizer) -> list[int]:
+    """What ends a completion: the eos ids of the model's own generation config (gemma-3-*-it: <eos>
+    and <end_of_turn>; Llama 3 instruct: <|eot_id|> and <|end_of_text|>), else its config's, plus the
+    tokenizer's eos token (the end of a chat turn)."""
+    ids: set[int] = set()
+    for source in (getattr(model, "generation_config", None), getattr(model, "config", None)):
+        eos = getattr(source, "eos_token_id", None) if source is not None else None
+        if eos is not None:
+            ids.update(eos if isinstance(eos, (list, tuple)) else [eos])
+            break
     if tokenizer.eos_token_id is not None:
         ids.add(tokenizer.eos_token_id)
+    if not ids:
+        raise ValueError("the model names no end-of-sequence token (generation_config.eos_token_id) and the tokenizer "
+                         "has no eos_token: set one of them, or generation would only stop at max_new_tokens")
     return sorted(ids)
 
 
@@ -59,7 +67,7 @@ def generate(
     """One completion per question; greedy unless `do_sample`."""
     import torch
 
-    stops = stop_token_ids(tokenizer)
+    stops = stop_token_ids(model, tokenizer)
     results: list[Generation] = []
     for start in range(0, len(questions), batch_size):
         chunk = questions[start : start + batch_size]

@@ -24,6 +24,9 @@ ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = ROOT / "cluster"
 CRD_DIR = ROOT.parent / "shared" / "schemas" / "kuberay"
 LAUNCHER_CONFIGS = ["aws.yaml", "gcp.yaml"]
+# The local autoscaling cluster (Ray's fake_multinode provider, tests/test_autoscaling.py runs it): the
+# whole file is schema-valid, but it has no cloud setup, so the cloud checks below do not apply.
+SCHEMA_CONFIGS = LAUNCHER_CONFIGS + ["fake_multinode.yaml"]
 KUBERAY_FILES = ["kuberay-raycluster.yaml", "kuberay-rayjob-sft.yaml", "kuberay-rayjob-pipeline.yaml"]
 CRD_FILES = {"RayCluster": "ray.io_rayclusters.yaml", "RayJob": "ray.io_rayjobs.yaml"}
 
@@ -47,12 +50,12 @@ def commands(cmds: list[str]) -> str:
     return "\n".join(cmds)
 
 
-@pytest.mark.parametrize("name", LAUNCHER_CONFIGS)
+@pytest.mark.parametrize("name", SCHEMA_CONFIGS)
 def test_launcher_config_validates_against_ray_schema(name):
     jsonschema.validate(launcher(name), ray_schema())
 
 
-@pytest.mark.parametrize("name", LAUNCHER_CONFIGS)
+@pytest.mark.parametrize("name", SCHEMA_CONFIGS)
 @pytest.mark.parametrize("breakage", ["misspelled_key", "wrong_type", "misspelled_node_key"])
 def test_launcher_schema_rejects_broken_copy(name, breakage):
     config = launcher(name)
@@ -94,6 +97,21 @@ def test_launcher_idle_head_and_gpu_workers_from_zero(name):
     for k, v in workers.items():
         assert v.get("min_workers", 0) == 0, k
         assert v["max_workers"] >= 1, k
+
+
+def test_fake_multinode_idle_head_gpu_workers_from_zero_and_quick_scale_down():
+    config = launcher("fake_multinode.yaml")
+    assert config["provider"]["type"] == "fake_multinode"
+    # The provider names the head's type ray.head.default and tells nodes on one IP apart by node id.
+    assert config["head_node_type"] == "ray.head.default" and config["provider"]["use_node_id_as_ip"] is True
+    assert config["available_node_types"]["ray.head.default"]["resources"] == {"CPU": 0, "GPU": 0}
+    gpu = config["available_node_types"]["gpu_worker"]
+    assert gpu["resources"]["GPU"] == 1 and gpu.get("min_workers", 0) == 0 and gpu["max_workers"] >= 1
+    assert 0 < config["idle_timeout_minutes"] <= 1  # idle workers go within a minute
+    # No defaults file in the wheel (fake_multi_node/example.yaml): every key the autoscaler reads is here.
+    for key in ("file_mounts", "cluster_synced_files", "worker_setup_commands", "worker_start_ray_commands",
+                "max_workers", "upscaling_speed", "auth"):
+        assert key in config, key
 
 
 @pytest.mark.parametrize("name", LAUNCHER_CONFIGS)

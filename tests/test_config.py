@@ -3,7 +3,7 @@ import pytest
 from conftest import run_job
 from ray_app.config import BatchPlan, ConfigError, SFTConfig, parse_job_config, resolve_section
 from ray_app.models.registry import MODEL_PRESETS
-from ray_app.trainer.memory import GiB, model_state_bytes
+from ray_app.trainer.memory import GiB, activation_bytes, model_state_bytes
 
 
 def test_effective_batch_size_derives_accumulation():
@@ -80,9 +80,49 @@ def test_dry_run_plans_the_real_presets():
     assert "world_size=8 (nproc_per_node=4 x nnodes=2), per_device_batch=4, gradient_accumulation=2, effective_batch=64" in out
     # 4500 rows / 8 ranks -> 563 per rank -> 141 micro-batches -> 71 steps per epoch, 3 epochs.
     assert "training examples=4500  steps/epoch=71  epochs=3.0  total optimizer steps=213" in out
-    n = MODEL_PRESETS["gemma-3-4b-it"].arch.parameter_count()
-    z3 = model_state_bytes(n, 3, 8, mixed_precision=True)
+    # gemma-3-4b-it is loaded whole (Gemma3ForConditionalGeneration), its vision tower frozen: all
+    # parameters hold weights, only the language model's get gradients and optimizer states.
+    arch = MODEL_PRESETS["gemma-3-4b-it"].arch
+    text, vision = arch.parameter_count(), arch.vision_parameter_count()
+    assert f"parameters={(text + vision) / 1e6:,.1f}M loaded as Gemma3ForConditionalGeneration" in out
+    assert f"trainable {text / 1e6:,.1f}M (the language model); frozen {vision / 1e6:,.1f}M (model.vision_tower, model.multi_modal_projector)" in out
+    z3 = model_state_bytes(text + vision, 3, 8, mixed_precision=True, frozen_params=vision)
+    assert z3.params == 2 * (text + vision) / 8 and z3.grads == 2 * text / 8 and z3.optimizer == 12 * text / 8
     chosen = [line for line in out.splitlines() if line.rstrip().endswith("<- chosen")]
     assert len(chosen) == 1 and chosen[0].split()[0] == "3"
     assert f"{z3.total / GiB:.2f}GB" in chosen[0]
     assert "precision=bf16" in out
+    # Activations are per GPU and not sharded: micro-batch 4 x 1024 tokens; the logits alone are
+    # 4096 x 262,208 values x (2 bytes bf16 + 4 fp32 copy + 4 its gradient) = 10.00 GiB.
+    logits = 4 * 1024 * 262208 * 10 / GiB
+    assert f"logits {logits:.2f}GB (4,096 tokens x 262,208 vocab" in out and f"{logits:.2f}" == "10.00"
+    acts = activation_bytes(arch.hf_config().get_text_config(), 4, 1024, True, True)
+    assert f"peak estimate per GPU: model states {z3.total / GiB:.2f}GB + activations {acts.total / GiB:.2f}GB" in out
+
+
+def test_activation_estimate_scales_as_documented():
+    """Checkpointing keeps one hidden state per layer (+ one layer's activations); logits grow with the vocabulary."""
+    config = MODEL_PRESETS["gemma-3-1b-it"].arch.hf_config()
+    full = activation_bytes(config, 2, 512, mixed_precision=True, checkpointing=False)
+    ckpt = activation_bytes(config, 2, 512, mixed_precision=True, checkpointing=True)
+    per_layer = full.layers / config.num_hidden_layers
+    assert ckpt.layers == config.num_hidden_layers * 2 * 512 * config.hidden_size * 2 + per_layer
+    assert ckpt.logits == full.logits == 2 * 512 * 262144 * 10
+    assert activation_bytes(config, 4, 512, True, True).total == 2 * ckpt.total
+
+
+def test_readme_dry_run_is_what_the_command_prints():
+    """README shows `python jobs/sft.py --preset gemma3-4b --dry-run` and its output: run it as typed, compare."""
+    import re
+    import shlex
+
+    from conftest import ROOT
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("`--dry-run` prints the plan for any preset"):]
+    command = " ".join(re.search(r"e\.g\. `(python jobs/sft\.py\s+--preset gemma3-4b --dry-run)`", section).group(1).split())
+    shown = section[section.index("```\n") + 4:section.index("\n```", section.index("```\n") + 4)]
+    argv = shlex.split(command)
+    assert argv[:2] == ["python", "jobs/sft.py"]
+    out = run_job("sft.py", *argv[2:]).stdout
+    assert out.strip() == shown.strip()

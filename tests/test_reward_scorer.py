@@ -87,3 +87,27 @@ def test_length_chunks_bound_padding_and_batch_size():
         real = sum(length_of[x] for x in c)
         assert len(c) * max(length_of[x] for x in c) <= 1.25 * real
     assert chunks[0] == ["b", "e"] and ["f"] in chunks
+
+
+def test_padding_follows_the_models_config(model_path, tmp_path):
+    """A reward model whose config names a pad id other than its tokenizer's (Skywork-Reward-V2 names its
+    own): the scorer pads with the config's id, which the model's own pooling skips, so padded batches
+    score as one pair at a time."""
+    import json
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    copy = tmp_path / "reward"
+    shutil.copytree(model_path, copy)
+    tok = AutoTokenizer.from_pretrained(copy)
+    config = json.loads((copy / "config.json").read_text())
+    config["pad_token_id"] = tok.convert_tokens_to_ids("<|end_of_text|>")
+    assert config["pad_token_id"] != tok.pad_token_id
+    (copy / "config.json").write_text(json.dumps(config))
+    questions, responses = best_of_n_workload()
+    plain = RewardScorer(str(copy), share_prefixes=False)
+    assert plain.pad_token_id == config["pad_token_id"]
+    one_by_one = plain.score(questions, responses, batch_size=1)
+    assert plain.score(questions, responses, batch_size=32) == pytest.approx(one_by_one, abs=1e-4)
+    assert RewardScorer(str(copy)).score(questions, responses) == pytest.approx(one_by_one, abs=1e-4)

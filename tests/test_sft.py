@@ -20,11 +20,13 @@ def _manifest(storage: Path, run: str) -> dict:
     return json.loads((storage / run / "run_manifest.json").read_text())
 
 
-@pytest.mark.parametrize("stage", [2, 3])
-def test_tiny_sft_learns_the_answer_format(full_data, tmp_path, stage):
+def test_tiny_sft_learns_the_answer_format(full_data, tmp_path):
+    """One epoch (282 steps) of ZeRO-2: measured 87/100 answers in the format after it (the preset's two
+    epochs: >= 90), from 0 for the base model. ZeRO-3 is trained by the multimodal test below."""
+    stage = 2
     storage, run = tmp_path / "sft", f"zero{stage}"
     proc = run_job("sft.py", "--data-dir", str(full_data), "--storage-path", str(storage), "--run-name", run,
-                   "--zero-stage", str(stage), timeout=3000)
+                   "--zero-stage", str(stage), "--num-train-epochs", "1", timeout=3000)
     assert "world_size=2 (nproc_per_node=2 x nnodes=1), per_device_batch=8, gradient_accumulation=1, effective_batch=16" in proc.stdout
     m = _manifest(storage, run)
     losses = [h["loss"] for h in m["log_history"] if "loss" in h]
@@ -42,7 +44,7 @@ def test_tiny_sft_learns_the_answer_format(full_data, tmp_path, stage):
     report = format_report(generate(model, tokenizer, [r["question"] for r in rows], max_new_tokens=256, batch_size=50),
                            [r["gold"] for r in rows])
     assert report["n"] == 100
-    assert report["final_answer_format_rate"] >= 0.9, report
+    assert report["final_answer_format_rate"] >= 0.75, report
     assert m["after_training_check"]["final_answer_format"] == report["final_answer_format"]  # greedy is deterministic
 
     # The untrained base model of the same run: near 0%.
@@ -50,6 +52,53 @@ def test_tiny_sft_learns_the_answer_format(full_data, tmp_path, stage):
     base_report = format_report(generate(base, base_tok, [r["question"] for r in rows[:30]], max_new_tokens=96, batch_size=30),
                                 [r["gold"] for r in rows[:30]])
     assert base_report["final_answer_format_rate"] <= 0.05, base_report
+
+
+def test_multimodal_gemma3_trains_under_zero3_with_a_frozen_vision_tower(full_data, tmp_path):
+    """tiny-gemma3-large ships as gemma-3-4b-it does (Gemma3ForConditionalGeneration). Under ZeRO-3 on 2 CPU
+    workers the language model trains, the vision tower and projector stay bit-for-bit as they were, and the
+    export (gathered from the shards) reloads with the class a gemma-3-4b-it user reloads with, and generates."""
+    import torch
+    from transformers import AutoTokenizer, Gemma3ForConditionalGeneration
+
+    from ray_app.generation import generate
+
+    storage, run = tmp_path / "sft", "multimodal-zero3"
+    proc = run_job("sft.py", "--model", "tiny-gemma3-large", "--zero-stage", "3", "--data-dir", str(full_data),
+                   "--storage-path", str(storage), "--run-name", run, "--max-steps", "16", "--save-steps", "8",
+                   "--logging-steps", "2", "--no-eval-after", timeout=1800)
+    arch = MODEL_PRESETS["tiny-gemma3-large"].arch
+    text, vision = arch.parameter_count(), arch.vision_parameter_count()
+    assert f"loaded as Gemma3ForConditionalGeneration" in proc.stdout
+    assert f"[sft] loaded Gemma3ForConditionalGeneration: {text:,} trainable parameters; frozen {vision:,} in " \
+           "model.vision_tower, model.multi_modal_projector" in proc.stdout + proc.stderr
+    m = _manifest(storage, run)
+    assert m["parameters"] == {"class": "Gemma3ForConditionalGeneration", "trainable": text, "frozen": vision,
+                               "total": text + vision, "frozen_modules": ["model.vision_tower", "model.multi_modal_projector"]}
+    losses = [h["loss"] for h in m["log_history"] if "loss" in h]
+    assert m["global_step"] == 16 and losses[-1] < losses[0] - 0.5, losses
+
+    export = Path(m["export_dir"])
+    assert json.loads((export / "config.json").read_text())["architectures"] == ["Gemma3ForConditionalGeneration"]
+    trained, loading = Gemma3ForConditionalGeneration.from_pretrained(export, output_loading_info=True)
+    # Every tensor found its place (transformers 5 names the ZeRO-3 gathered keys differently from a plain save).
+    assert not any(loading[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), loading
+    base = Gemma3ForConditionalGeneration.from_pretrained(m["model_path"])
+    after, before = trained.state_dict(), base.state_dict()
+    frozen = [k for k in before if ".vision_tower." in f".{k}" or "multi_modal_projector" in k]
+    assert sum(before[k].numel() for k in frozen) == vision
+    assert all(torch.equal(after[k], before[k]) for k in frozen), "the frozen vision tower changed"
+    changed = [k for k in before if k not in frozen and not torch.equal(after[k], before[k])]
+    assert len(changed) >= len([k for k in before if k not in frozen]) - 1  # every language weight trained (lm_head is tied)
+    assert sum(p.numel() for p in trained.parameters()) == text + vision
+    assert (export / "model.safetensors").is_file()
+
+    tokenizer = AutoTokenizer.from_pretrained(export)
+    tokenizer.padding_side = "left"
+    rows = load_split(str(full_data), "gsm_symbolic_test")[:3]
+    out = generate(trained, tokenizer, [r["question"] for r in rows], max_new_tokens=16, batch_size=3)
+    # 16 steps teach little: what counts is that the reloaded model runs generate() and ends its turns.
+    assert len(out) == 3 and all(g.num_tokens > 0 and g.finish_reason in ("stop", "length") for g in out), out
 
 
 def test_lost_worker_resumes_from_latest_checkpoint(full_data, tmp_path):

@@ -43,6 +43,7 @@ class GenerationActor:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         from ray_app.generation import generate
+        from ray_app.utils import metrics
 
         started = time.time()
         questions = [str(q) for q in batch["question"]]
@@ -80,4 +81,5 @@ class GenerationActor:
             out["finish_reason"].append(g.finish_reason)
             out["generation_started_at"].append(started)
             out["generated_at"].append(finished)
+        metrics.samples_generated(len(gens), self.label, sampled=self.do_sample)
         return out

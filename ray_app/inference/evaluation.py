@@ -20,6 +20,7 @@ from ray_app.inference.actors import GenerationActor
 from ray_app import storage
 from ray_app.models.registry import model_identity, parse_model_specs
 from ray_app.utils.fingerprint import fingerprint
+from ray_app.utils.resources import wait_for_resources
 from ray_app.utils.run_info import versions
 
 TABLE1_COLUMNS = {
@@ -54,7 +55,7 @@ def generate_with_actors(rows: list[dict], label: str, model: str, corpus_file: 
     import ray
 
     ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), 4 * actors)))
-    return ds.map_batches(
+    ds = ds.map_batches(
         GenerationActor,
         fn_constructor_kwargs={"label": label, "model": model, "corpus_file": corpus_file, **cfg_actor},
         batch_size=batch_size,
@@ -62,6 +63,11 @@ def generate_with_actors(rows: list[dict], label: str, model: str, corpus_file: 
         num_cpus=1,
         num_gpus=num_gpus,
     )
+    # Ray 2.60's map_batches takes no stage name (the operator is named after the class:
+    # MapBatches(GenerationActor)); the dataset's name is what the dashboard's Data view and the
+    # ray_data_* metrics' `dataset` tag show: "sample-<label>" or "evaluate-<label>".
+    ds.set_name(f"{'sample' if cfg_actor.get('do_sample') else 'evaluate'}-{label}")
+    return ds
 
 
 def table1(predictions) -> "tuple[object, object]":
@@ -115,6 +121,8 @@ def run_evaluation(cfg: EvalConfig, log=print) -> dict:
     rows = question_rows(cfg.data_dir, splits, cfg.limit)
     corpus = storage.join(cfg.data_dir, "gsm_symbolic_train.jsonl")
     num_gpus = gpus_per_actor(cfg.num_gpus_per_actor)
+    wait_for_resources([{"CPU": 1, "GPU": num_gpus}] * cfg.actors_per_model, cfg.resource_wait_s, "generation actors",
+                       hint="--num-gpus-per-actor, --actors-per-model", log=log)
     frames, seconds = [], {}
     for label, model in parse_model_specs(cfg.models):
         t = time.perf_counter()

@@ -102,7 +102,7 @@ def gather_parts(parts_dir: str, num_samples: int, expected: dict[str, set[str]]
 def run_sampling(cfg: SampleConfig, log=print) -> dict:
     from ray import serve
 
-    from ray_app.reward.serve_app import APP_NAME, ServeSettings, deploy_reward_model
+    from ray_app.reward.serve_app import APP_NAME, ServeSettings, autoscaling_config, deploy_reward_model
 
     started, started_at = time.perf_counter(), time.time()
     out = cfg.out_dir
@@ -127,16 +127,25 @@ def run_sampling(cfg: SampleConfig, log=print) -> dict:
         num_cpus=cfg.reward_num_cpus, num_gpus=cfg.reward_num_gpus, max_batch_size=cfg.reward_max_batch_size,
         batch_wait_timeout_s=cfg.reward_batch_wait_timeout_s, autoscaling=cfg.reward_autoscaling,
         max_replicas=cfg.reward_max_replicas, host=cfg.serve_host, port=cfg.serve_port,
+        target_ongoing_requests=reward_target_ongoing_requests(cfg),
+        upscale_delay_s=cfg.reward_upscale_delay_s, downscale_delay_s=cfg.reward_downscale_delay_s,
     )
+    from ray_app.utils.resources import wait_for_resources
+
+    wait_for_resources([{"CPU": cfg.reward_num_cpus, "GPU": cfg.reward_num_gpus}] * cfg.reward_replicas, cfg.resource_wait_s,
+                       "reward replicas", hint="--reward-num-cpus, --reward-num-gpus, --reward-replicas", log=log)
     handle = deploy_reward_model(settings)
     seconds = {"deploy_reward_model": time.perf_counter() - t}
     log(f"[sample] reward model {cfg.reward_model} serving on http://{cfg.serve_host}:{cfg.serve_port}/score")
 
     num_gpus = gpus_per_actor(cfg.num_gpus_per_actor)
+    wait_for_resources([{"CPU": 1, "GPU": num_gpus}] * cfg.actors_per_model, cfg.resource_wait_s, "generation actors",
+                       hint="--num-gpus-per-actor, --actors-per-model", log=log)
     actor_args = {"max_new_tokens": cfg.max_new_tokens, "batch_size": cfg.questions_per_batch, "num_samples": cfg.num_samples,
                   "do_sample": True, "temperature": cfg.temperature, "top_p": cfg.top_p, "seed": cfg.seed}
     scored = retried = 0
-    with ThreadPoolExecutor(max_workers=8, thread_name_prefix="score") as pool:
+    # At most reward_max_in_flight scoring requests at once: the load the autoscaling target is set for.
+    with ThreadPoolExecutor(max_workers=cfg.reward_max_in_flight, thread_name_prefix="score") as pool:
         futures = []
         for label, model in specs:
             todo = [r for r in rows if (label, r["question_id"]) not in done]
@@ -179,7 +188,10 @@ def run_sampling(cfg: SampleConfig, log=print) -> dict:
         overlap["first_score_before_last_generation"] = overlap["first_score_at"] < overlap["last_generation_finished_at"]
     seconds["total"] = time.perf_counter() - started
     manifest = {"config": asdict(cfg), "settings": generation, "config_fingerprint": fp, "rows": len(df), "scored_this_run": scored, "score_retries_used": retried, "resumed_pairs": len(done),
-                "overlap": overlap, "reward_batching": stats, "seconds": seconds, "versions": versions(),
+                "overlap": overlap, "reward_batching": stats,
+                "reward_serving": {"max_in_flight": cfg.reward_max_in_flight, "num_replicas": settings.num_replicas,
+                                   "autoscaling_config": autoscaling_config(settings)},
+                "seconds": seconds, "versions": versions(),
                 "schema": {"samples": SAMPLE_COLUMNS, "sample_timings": ["model", "question_id", "sample_idx"] + TIMING_COLUMNS}}
     storage.write_json(storage.join(out, "sample_manifest.json"), manifest)
     log(f"[sample] done: {len(df)} samples ({scored} scored now) -> {storage.join(out, 'samples.parquet')} (and samples.jsonl, sample_timings.jsonl, sample_manifest.json)")
@@ -188,6 +200,16 @@ def run_sampling(cfg: SampleConfig, log=print) -> dict:
         log(f"[sample] overlap: first score {overlap['first_score_at'] - t0:.1f}s after generation began; "
             f"last generation finished at {overlap['last_generation_finished_at'] - t0:.1f}s")
     return {"samples": df, **manifest}
+
+
+def reward_target_ongoing_requests(cfg: SampleConfig) -> int:
+    """The reward deployment's autoscaling target: given, or derived from the sampler's in-flight load so
+    that load asks for reward_max_replicas replicas (the arithmetic: serve_app.target_ongoing_requests_for)."""
+    from ray_app.reward.serve_app import target_ongoing_requests_for
+
+    if cfg.reward_target_ongoing_requests is not None:
+        return cfg.reward_target_ongoing_requests
+    return target_ongoing_requests_for(cfg.reward_max_in_flight, cfg.reward_max_replicas)
 
 
 def load_manifest(out_dir: str) -> dict:

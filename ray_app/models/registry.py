@@ -13,6 +13,26 @@ from pathlib import Path
 
 
 @dataclass(frozen=True)
+class VisionArchitecture:
+    """A SigLIP vision tower and Gemma 3's projector (avg-pooled patches -> text embedding space)."""
+
+    num_layers: int
+    hidden: int
+    intermediate: int
+    num_heads: int
+    image_size: int
+    patch_size: int
+    mm_tokens_per_image: int
+
+    def parameter_count(self, text_hidden: int) -> int:
+        h, patches = self.hidden, (self.image_size // self.patch_size) ** 2
+        embeddings = 3 * self.patch_size**2 * h + h + patches * h  # patch conv (with bias) + positions
+        per_layer = 4 * (h * h + h) + 2 * self.intermediate * h + self.intermediate + h + 4 * h  # attn, MLP, 2 LayerNorms
+        projector = h * text_hidden + h  # mm_input_projection_weight + mm_soft_emb_norm
+        return embeddings + self.num_layers * per_layer + 2 * h + projector  # + post_layernorm
+
+
+@dataclass(frozen=True)
 class Architecture:
     num_layers: int
     hidden: int
@@ -24,6 +44,8 @@ class Architecture:
     tie_embeddings: bool = True
     num_labels: int = 0  # > 0: a sequence-classification head instead of an LM head
     family: str = "gemma3"  # gemma3: 4 norms per layer + q/k norms; llama: 2 norms per layer
+    # Gemma3ForConditionalGeneration checkpoints (gemma-3-4b-it and up) also ship a vision tower.
+    vision: VisionArchitecture | None = None
 
     def parameter_count(self) -> int:
         """Transformer parameters from the shapes (norm weights included; biases: none in Gemma/Llama)."""
@@ -37,6 +59,50 @@ class Architecture:
         embeddings = self.vocab * self.hidden
         head = self.hidden * self.num_labels if self.num_labels else (0 if self.tie_embeddings else embeddings)
         return self.num_layers * per_layer + embeddings + head + self.hidden
+
+    def vision_parameter_count(self) -> int:
+        return self.vision.parameter_count(self.hidden) if self.vision else 0
+
+    def hf_config(self, vocab_size: int | None = None, max_position_embeddings: int = 131072,
+                  sliding_window: int = 1024, token_ids: dict | None = None):
+        """The transformers config of this architecture (what `from_config` / the checkpoint's config.json
+        would give): Gemma3TextConfig, Gemma3Config (with a vision tower) or LlamaConfig. `token_ids`:
+        pad/bos/eos (and boi/eoi/image for a vision model) ids of the tokenizer that goes with it."""
+        from transformers import Gemma3Config, Gemma3TextConfig, LlamaConfig, SiglipVisionConfig
+
+        ids = {"pad": 0, "bos": 2, "eos": [1, 106], "boi": 255999, "eoi": 256000, "image": 262144, **(token_ids or {})}
+        vocab = vocab_size or self.vocab
+        if self.family == "llama":
+            return LlamaConfig(
+                vocab_size=vocab, hidden_size=self.hidden, intermediate_size=self.intermediate,
+                num_hidden_layers=self.num_layers, num_attention_heads=self.num_heads,
+                num_key_value_heads=self.num_kv_heads, head_dim=self.head_dim,
+                max_position_embeddings=max_position_embeddings, bos_token_id=ids["bos"], eos_token_id=ids["eos"],
+                pad_token_id=ids["pad"], num_labels=max(1, self.num_labels), tie_word_embeddings=self.tie_embeddings,
+            )
+        n = self.num_layers
+        text = Gemma3TextConfig(
+            vocab_size=vocab, hidden_size=self.hidden, intermediate_size=self.intermediate, num_hidden_layers=n,
+            num_attention_heads=self.num_heads, num_key_value_heads=self.num_kv_heads, head_dim=self.head_dim,
+            query_pre_attn_scalar=self.head_dim, max_position_embeddings=max_position_embeddings,
+            sliding_window=sliding_window,
+            # Gemma 3 interleaves 5 sliding-window layers with 1 global one; keep the last layer global.
+            layer_types=["full_attention" if (i + 1) % 6 == 0 or i == n - 1 else "sliding_attention" for i in range(n)],
+            pad_token_id=ids["pad"], bos_token_id=ids["bos"], eos_token_id=ids["eos"],
+            tie_word_embeddings=self.tie_embeddings,
+        )
+        if self.vision is None:
+            return text
+        v = self.vision
+        vision = SiglipVisionConfig(
+            hidden_size=v.hidden, intermediate_size=v.intermediate, num_hidden_layers=v.num_layers,
+            num_attention_heads=v.num_heads, image_size=v.image_size, patch_size=v.patch_size, vision_use_head=False,
+        )
+        return Gemma3Config(
+            text_config=text, vision_config=vision, mm_tokens_per_image=v.mm_tokens_per_image,
+            boi_token_index=ids["boi"], eoi_token_index=ids["eoi"], image_token_index=ids["image"],
+            eos_token_id=ids["eos"], tie_word_embeddings=self.tie_embeddings,
+        )
 
 
 @dataclass(frozen=True)
@@ -63,8 +129,12 @@ MODEL_PRESETS: dict[str, ModelPreset] = {
             "gemma-3-4b-it",
             "causal_lm",
             "google/gemma-3-4b-it",
-            Architecture(34, 2560, 10240, 8, 4, 256, 262144),
-            notes="text model of the multimodal checkpoint",
+            # The checkpoint is multimodal (Gemma3ForConditionalGeneration): 3.88B text model (its embedding
+            # has 262,208 rows: the tokenizer's 262,145 tokens incl. <image_soft_token>, padded) plus a
+            # SigLIP-So400m tower (27 layers, 896 px, 14 px patches) and a projector to 256 image tokens.
+            Architecture(34, 2560, 10240, 8, 4, 256, 262208,
+                         vision=VisionArchitecture(27, 1152, 4304, 16, 896, 14, 256)),
+            notes="Gemma3ForConditionalGeneration: the language model trains, the vision tower is loaded and frozen",
         ),
         ModelPreset(
             "skywork-reward-v2-llama-3.1-8b",
@@ -86,9 +156,11 @@ MODEL_PRESETS: dict[str, ModelPreset] = {
             "tiny-gemma3-large",
             "causal_lm",
             None,
-            Architecture(6, 384, 1152, 6, 2, 64, 2048),
+            # Multimodal as gemma-3-4b-it ships: a tiny SigLIP tower (16 patches of 14 px, pooled to 4
+            # image tokens) that SFT loads, freezes and exports unchanged.
+            Architecture(6, 384, 1152, 6, 2, 64, 2048, vision=VisionArchitecture(2, 64, 128, 2, 56, 14, 4)),
             embedded=True,
-            notes="stands in for gemma-3-4b-it",
+            notes="stands in for gemma-3-4b-it (Gemma3ForConditionalGeneration with a tiny vision tower)",
             build={"family": "gemma3", "vocab_size": 2048, "sliding_window": 512},
         ),
         ModelPreset(

@@ -12,6 +12,7 @@ from __future__ import annotations
 # `preset` arguments are ray_app.models.registry.ModelPreset objects (not imported: the registry
 # imports this module to build its embedded presets).
 
+import dataclasses
 import json
 import os
 import shutil
@@ -24,10 +25,12 @@ from ray_app import storage
 from ray_app.data.prompts import ANSWER_PREFIX, build_gsm_prompt, format_target_answer
 from ray_app.utils.io import read_jsonl, sha256_file, sha256_text
 
-BUILDER_VERSION = "1"
+BUILDER_VERSION = "2"  # 2: configs from Architecture.hf_config; multimodal tiny-gemma3-large
 INIT_SEED = 0
 
 GEMMA_SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"]
+# Gemma 3's image tokens (tokenizer_config: boi_token, eoi_token, image_token), for a multimodal build.
+GEMMA_IMAGE_TOKENS = {"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>", "image_token": "<image_soft_token>"}
 # Same shape as Gemma 3's template: bos, turns as <start_of_turn>role\n...<end_of_turn>\n, 'model' role.
 GEMMA_CHAT_TEMPLATE = (
     "{{ bos_token }}"
@@ -61,12 +64,15 @@ def corpus_texts(corpus_file: str) -> list[str]:
     return texts
 
 
-def train_tokenizer(texts: list[str], vocab_size: int, family: str):
-    """A byte-level BPE tokenizer wrapped as a transformers fast tokenizer with the family's specials."""
+def train_tokenizer(texts: list[str], vocab_size: int, family: str, image_tokens: bool = False):
+    """A byte-level BPE tokenizer wrapped as a transformers fast tokenizer with the family's specials
+    (and, with `image_tokens`, Gemma 3's image tokens, named in the config as the real one names them)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     specials = GEMMA_SPECIALS if family == "gemma3" else LLAMA_SPECIALS
+    if image_tokens:
+        specials = specials + list(GEMMA_IMAGE_TOKENS.values())
     backend = Tokenizer(models.BPE(unk_token="<unk>" if family == "gemma3" else None))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
@@ -85,6 +91,7 @@ def train_tokenizer(texts: list[str], vocab_size: int, family: str):
             pad_token="<pad>",
             unk_token="<unk>",
             additional_special_tokens=["<start_of_turn>", "<eos>"],
+            **({"extra_special_tokens": GEMMA_IMAGE_TOKENS} if image_tokens else {}),
             chat_template=GEMMA_CHAT_TEMPLATE,
             padding_side="left",
             clean_up_tokenization_spaces=False,
@@ -102,39 +109,28 @@ def train_tokenizer(texts: list[str], vocab_size: int, family: str):
 
 
 def _build_model(preset: ModelPreset, tokenizer):
+    """A randomly initialised model of the preset's architecture class, its config from
+    `Architecture.hf_config` (the same code that plans the real models' memory)."""
     import torch
     from transformers import (
         Gemma3ForCausalLM,
-        Gemma3TextConfig,
+        Gemma3ForConditionalGeneration,
         GenerationConfig,
-        LlamaConfig,
         LlamaForSequenceClassification,
     )
 
     a = preset.arch
     torch.manual_seed(INIT_SEED)
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in tokenizer.all_special_tokens}
+    specials = GEMMA_SPECIALS + list(GEMMA_IMAGE_TOKENS.values()) if preset.build["family"] == "gemma3" else LLAMA_SPECIALS
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in specials}
     if preset.build["family"] == "gemma3":
-        n = a.num_layers
-        config = Gemma3TextConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=a.hidden,
-            intermediate_size=a.intermediate,
-            num_hidden_layers=n,
-            num_attention_heads=a.num_heads,
-            num_key_value_heads=a.num_kv_heads,
-            head_dim=a.head_dim,
-            query_pre_attn_scalar=a.head_dim,
-            max_position_embeddings=2048,
-            sliding_window=preset.build["sliding_window"],
-            # Gemma 3 interleaves 5 sliding-window layers with 1 global one; keep the last layer global.
-            layer_types=["full_attention" if (i + 1) % 6 == 0 or i == n - 1 else "sliding_attention" for i in range(n)],
-            pad_token_id=ids["<pad>"],
-            bos_token_id=ids["<bos>"],
-            eos_token_id=[ids["<eos>"], ids["<end_of_turn>"]],
-            tie_word_embeddings=True,
-        )
-        model = Gemma3ForCausalLM(config)
+        token_ids = {"pad": ids["<pad>"], "bos": ids["<bos>"], "eos": [ids["<eos>"], ids["<end_of_turn>"]]}
+        if a.vision:
+            token_ids.update(boi=ids["<start_of_image>"], eoi=ids["<end_of_image>"], image=ids["<image_soft_token>"])
+        config = a.hf_config(vocab_size=len(tokenizer), max_position_embeddings=2048,
+                             sliding_window=preset.build["sliding_window"], token_ids=token_ids)
+        model = (Gemma3ForConditionalGeneration if a.vision else Gemma3ForCausalLM)(config)
+        # What generation stops on is the model's own business (as in gemma-3-*-it's generation_config.json).
         model.generation_config = GenerationConfig(
             bos_token_id=ids["<bos>"],
             eos_token_id=[ids["<eos>"], ids["<end_of_turn>"]],
@@ -142,26 +138,13 @@ def _build_model(preset: ModelPreset, tokenizer):
             do_sample=False,
         )
         return model
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=a.hidden,
-        intermediate_size=a.intermediate,
-        num_hidden_layers=a.num_layers,
-        num_attention_heads=a.num_heads,
-        num_key_value_heads=a.num_kv_heads,
-        head_dim=a.head_dim,
-        max_position_embeddings=4096,
-        bos_token_id=ids["<|begin_of_text|>"],
-        eos_token_id=ids["<|eot_id|>"],
-        pad_token_id=ids["<|finetune_right_pad_id|>"],
-        num_labels=1,
-        tie_word_embeddings=False,
-    )
+    config = a.hf_config(vocab_size=len(tokenizer), max_position_embeddings=4096, token_ids={
+        "bos": ids["<|begin_of_text|>"], "eos": ids["<|eot_id|>"], "pad": ids["<|finetune_right_pad_id|>"]})
     return LlamaForSequenceClassification(config)
 
 
 def build_key(preset: ModelPreset, corpus_file: str) -> str:
-    return sha256_text(BUILDER_VERSION, json.dumps(preset.arch.__dict__, sort_keys=True), json.dumps(preset.build, sort_keys=True), sha256_file(corpus_file))
+    return sha256_text(BUILDER_VERSION, json.dumps(dataclasses.asdict(preset.arch), sort_keys=True), json.dumps(preset.build, sort_keys=True), sha256_file(corpus_file))
 
 
 def build_embedded_model(preset: ModelPreset, corpus_file: str, cache_dir: str | None = None) -> Path:
@@ -186,7 +169,8 @@ def build_embedded_model(preset: ModelPreset, corpus_file: str, cache_dir: str |
             return target
         if target.exists():  # a leftover of an interrupted build
             shutil.rmtree(target)
-        tokenizer = train_tokenizer(corpus_texts(corpus_file), preset.build["vocab_size"], preset.build["family"])
+        tokenizer = train_tokenizer(corpus_texts(corpus_file), preset.build["vocab_size"], preset.build["family"],
+                                    image_tokens=preset.arch.vision is not None)
         model = _build_model(preset, tokenizer)
         tmp = Path(tempfile.mkdtemp(prefix=f".{preset.name}.", dir=root))
         try:

@@ -89,12 +89,20 @@ class RewardScorer:
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.tokenizer.padding_side = "right"  # sequence classification reads the last real token
         self.model = AutoModelForSequenceClassification.from_pretrained(model_path, dtype=dtype).to(self.device).eval()
-        if self.model.config.pad_token_id is None:
-            self.model.config.pad_token_id = self.tokenizer.pad_token_id
+        # Padding and pooling follow the model's config: its pad_token_id is what its own pooling skips
+        # to find the last real token (Skywork-Reward-V2 names one); only a config without it falls back
+        # to the tokenizer's pad (or eos) token, written into the config so pooling uses the same id.
+        self.pad_token_id = self.model.config.pad_token_id
+        if self.pad_token_id is None:
+            self.pad_token_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+            self.model.config.pad_token_id = self.pad_token_id
+        if self.pad_token_id is None:
+            raise ValueError(f"reward model {model_path} has no pad_token_id in its config and its tokenizer has no pad or "
+                             "eos token: set config.pad_token_id")
+        # Right padding whatever the tokenizer says: pads after the last real token change neither its
+        # position nor (causal attention) its hidden state, so a padded row scores as it would alone.
+        self.tokenizer.padding_side = "right"
         self.max_length = max_length
         # Prefix sharing needs the decoder and the score head separately (Llama/Gemma/Qwen
         # *ForSequenceClassification all have `.model` + `.score`); other heads use plain batches.
@@ -156,7 +164,7 @@ class RewardScorer:
         import torch
 
         width = max(len(r) for r in rows)
-        pad = self.tokenizer.pad_token_id
+        pad = self.pad_token_id
         input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
         for j, r in enumerate(rows):
@@ -203,7 +211,8 @@ class RewardScorer:
     def _head(self, hidden, mask) -> list[float]:
         import torch
 
-        # Right padding: the last real token of row j sits at mask[j].sum() - 1.
+        # The model's own pooling (`*ForSequenceClassification`): the last token that is not padding.
+        # Rows are right-padded, so row j's sits at mask[j].sum() - 1.
         last = mask.sum(dim=1) - 1
         pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
         with torch.no_grad():

@@ -20,6 +20,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from ray import serve
 
+from ray_app.utils import metrics
+
 APP_NAME = "reward"
 DEPLOYMENT_NAME = "RewardModel"
 
@@ -38,6 +40,12 @@ class ServeSettings:
     max_ongoing_requests: int = 64
     autoscaling: bool = False
     max_replicas: int = 4
+    # Serve's autoscaling knobs (used when autoscaling): see target_ongoing_requests_for below.
+    target_ongoing_requests: float = 2.0
+    upscale_delay_s: float = 30.0  # Serve's default
+    downscale_delay_s: float = 600.0  # Serve's default
+    look_back_period_s: float = 30.0  # Serve's default: the window the ongoing-request count is averaged over
+    metrics_interval_s: float = 10.0  # Serve's default: how often handles and replicas report that count
     host: str = "127.0.0.1"  # loopback unless told otherwise
     port: int = 8000
     max_body_bytes: int = 1_000_000
@@ -101,7 +109,9 @@ class RewardModel:
         # The forward pass is synchronous; run it off the event loop so requests keep queueing.
         started = time.perf_counter()
         scores = await asyncio.get_running_loop().run_in_executor(None, self.scorer.score, list(questions), list(responses), len(pairs))
-        self.compute_seconds += time.perf_counter() - started
+        seconds = time.perf_counter() - started
+        self.compute_seconds += seconds
+        metrics.reward_batch(len(pairs), seconds, self.settings.model_path)  # gsm_samples_scored, _batch_size, _latency_seconds
         return scores
 
     async def score(self, questions: list[str], responses: list[str]) -> dict:
@@ -142,6 +152,35 @@ class RewardModel:
         return {"ok": True}
 
 
+def target_ongoing_requests_for(in_flight: int, max_replicas: int) -> int:
+    """The per-replica target that lets `in_flight` concurrent requests ask for `max_replicas` replicas.
+
+    Serve's autoscaler wants ceil(total ongoing requests / target_ongoing_requests) replicas (clipped to
+    [min_replicas, max_replicas]). A request here is one `score` call (one generated batch of samples, or
+    one HTTP body), however many pairs it holds, and the sampler keeps at most `in_flight` of them in
+    flight. With the old target, max_batch_size // 2 = 16, 8 in-flight requests asked for ceil(8/16) = 1
+    replica: autoscaling could never scale up. target = max(1, in_flight // max_replicas) makes a full
+    sampler load ask for the ceiling: 8 in flight, 4 replicas -> target 2 -> ceil(8/2) = 4 replicas;
+    8 in flight, 3 replicas -> target 2 -> 4, clipped to 3. A lighter load (2 requests) stays on 1.
+    """
+    return max(1, in_flight // max(1, max_replicas))
+
+
+def autoscaling_config(settings: ServeSettings) -> "dict | None":
+    """Serve's own autoscaling_config for the reward deployment (None: a fixed replica count)."""
+    if not settings.autoscaling:
+        return None
+    return {
+        "min_replicas": settings.num_replicas,
+        "max_replicas": settings.max_replicas,
+        "target_ongoing_requests": settings.target_ongoing_requests,
+        "upscale_delay_s": settings.upscale_delay_s,
+        "downscale_delay_s": settings.downscale_delay_s,
+        "look_back_period_s": settings.look_back_period_s,
+        "metrics_interval_s": settings.metrics_interval_s,
+    }
+
+
 def deploy_reward_model(settings: ServeSettings, blocking_timeout_s: float = 300):
     """Start Serve on loopback (or `settings.host`) and deploy the reward model; returns its handle."""
     from dataclasses import asdict
@@ -150,11 +189,7 @@ def deploy_reward_model(settings: ServeSettings, blocking_timeout_s: float = 300
     actor_options = {"num_cpus": settings.num_cpus, "num_gpus": settings.num_gpus}
     options = {"ray_actor_options": actor_options, "max_ongoing_requests": settings.max_ongoing_requests}
     if settings.autoscaling:
-        options["autoscaling_config"] = {
-            "min_replicas": settings.num_replicas,
-            "max_replicas": settings.max_replicas,
-            "target_ongoing_requests": max(1, settings.max_batch_size // 2),
-        }
+        options["autoscaling_config"] = autoscaling_config(settings)
     else:
         options["num_replicas"] = settings.num_replicas
     app = RewardModel.options(**options).bind(asdict(settings))

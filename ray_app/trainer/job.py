@@ -14,7 +14,8 @@ from pathlib import Path
 from ray_app import storage
 from ray_app.config import BatchPlan, SFTConfig
 from ray_app.models.registry import get_preset
-from ray_app.trainer.memory import format_memory_table
+from ray_app.models.loading import count_loaded_parameters, planning_config
+from ray_app.trainer.memory import GiB, activation_bytes, format_memory_table, model_state_bytes
 from ray_app.trainer.sft import cluster_has_gpus, run_sft, save_run_manifest
 from ray_app.utils.run_info import plot_loss_curve
 
@@ -26,7 +27,24 @@ def count_rows(path: str) -> int | None:
         return sum(1 for line in f if line.strip())
 
 
-def print_plan(cfg: SFTConfig, plan: BatchPlan, num_examples: int, num_params: int | None, on_gpu: bool) -> str:
+def model_config_for_plan(model: str):
+    """(transformers config, where it came from) for a preset, a local Hugging Face folder or a Hub
+    id in the local cache; (None, why) when there is none to count from."""
+    preset = get_preset(model)
+    if preset is not None:
+        return planning_config(preset)
+    try:
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(model, local_files_only=True), f"config.json of {model}"
+    except (OSError, ValueError):
+        return None, f"no config.json found for {model}"
+
+
+def print_plan(cfg: SFTConfig, plan: BatchPlan, num_examples: int, on_gpu: bool) -> str:
+    """The plan a run prints first (and `--dry-run` prints alone): batches, steps, and memory per GPU
+    from the parameters SFT will actually load (counted on the meta device) and the activations of
+    one micro-batch, logits included."""
     examples_used = max(1, math.ceil(num_examples * cfg.train_pct / 100))
     steps = plan.steps_per_epoch(examples_used)
     total = plan.total_steps(examples_used, cfg.num_train_epochs, cfg.max_steps)
@@ -38,9 +56,30 @@ def print_plan(cfg: SFTConfig, plan: BatchPlan, num_examples: int, num_params: i
         f"[plan] training examples={examples_used}  steps/epoch={steps}  epochs={cfg.num_train_epochs}  "
         f"total optimizer steps={total}",
     ]
-    if num_params:
-        lines.append(f"[plan] parameters={num_params / 1e6:,.1f}M; model-state memory per GPU (no activations):")
-        lines.append(format_memory_table(num_params, plan.world_size, mixed, cfg.offload_optimizer, cfg.offload_param, cfg.zero_stage))
+    config, source = model_config_for_plan(cfg.model)
+    if config is None:
+        lines.append(f"[plan] memory: not planned ({source})")
+    else:
+        counted = count_loaded_parameters(config)
+        n, frozen = counted["total"], counted["frozen"]
+        lines.append(f"[plan] parameters={n / 1e6:,.1f}M loaded as {counted['class']} (counted from {source})")
+        if frozen:
+            lines.append(f"[plan]   trainable {counted['trainable'] / 1e6:,.1f}M (the language model); frozen "
+                         f"{frozen / 1e6:,.1f}M ({', '.join(counted['frozen_modules'])}): loaded, no gradients, no "
+                         "optimizer state, exported unchanged")
+        lines.append("[plan] model-state memory per GPU:")
+        lines.append(format_memory_table(n, plan.world_size, mixed, cfg.offload_optimizer, cfg.offload_param, cfg.zero_stage, frozen))
+        states = model_state_bytes(n, cfg.zero_stage, plan.world_size, mixed, cfg.offload_optimizer, cfg.offload_param, frozen)
+        acts = activation_bytes(config.get_text_config(), plan.per_device_batch_size, cfg.max_seq_length, mixed,
+                                cfg.gradient_checkpointing)
+        vocab = config.get_text_config().vocab_size
+        lines.append(
+            f"[plan] activations per GPU (micro-batch {plan.per_device_batch_size} x {cfg.max_seq_length} tokens, activation "
+            f"checkpointing {'on' if cfg.gradient_checkpointing else 'off'}): layers {acts.layers / GiB:.2f}GB + logits "
+            f"{acts.logits / GiB:.2f}GB ({plan.per_device_batch_size * cfg.max_seq_length:,} tokens x {vocab:,} vocab: "
+            f"{'bf16' if mixed else 'fp32'} logits, their fp32 copy for the loss and its gradient)")
+        lines.append(f"[plan] peak estimate per GPU: model states {states.total / GiB:.2f}GB + activations "
+                     f"{acts.total / GiB:.2f}GB = {(states.total + acts.total) / GiB:.2f}GB (1 GiB = {GiB} bytes)")
     text = "\n".join(lines)
     print(text, flush=True)
     return text
@@ -50,12 +89,10 @@ def train_and_report(cfg: SFTConfig) -> dict:
     """Train `cfg.model` on Ray Train (Ray must be initialised, the data built), export it, check it
     on the test split in a Ray task, and save the run manifest and loss curve next to the checkpoints."""
     plan = BatchPlan.from_config(cfg)
-    preset = get_preset(cfg.model)
-    num_params = preset.arch.parameter_count() if preset else None
     num_examples = count_rows(cfg.resolved_train_file)
     started = time.perf_counter()
     on_gpu = cfg.use_gpu if cfg.use_gpu is not None else cluster_has_gpus()
-    plan_text = print_plan(cfg, plan, num_examples, num_params, on_gpu)
+    plan_text = print_plan(cfg, plan, num_examples, on_gpu)
     summary = run_sft(cfg)
     summary["plan"] = plan_text
 

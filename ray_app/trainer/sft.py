@@ -133,7 +133,26 @@ def _make_callbacks(cfg: SFTConfig):
                 print(f"[sft] step {state.global_step}/{state.max_steps} loss {logs['loss']:.4f} "
                       f"lr {logs.get('learning_rate', 0):.2e}", flush=True)
 
-    callbacks = [ReportCheckpointToRay()]
+    class TrainThroughputMetrics(TrainerCallback):
+        """gsm_train_tokens_per_second and gsm_train_tokens (ray_app/utils/metrics.py), from world rank 0
+        after each optimizer step: non-padding input tokens of that step, all ranks summed, over its time.
+
+        The count is the HF Trainer's own (`state.num_input_tokens_seen`, each micro-batch's attention
+        mask summed and gathered over ranks), on with `include_num_input_tokens_seen="non_padding"`.
+        """
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.seen, self.at = state.num_input_tokens_seen, time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            from ray_app.utils import metrics
+
+            now, seen = time.perf_counter(), state.num_input_tokens_seen
+            if ray.train.get_context().get_world_rank() == 0:
+                metrics.train_tokens(seen - self.seen, now - self.at, cfg.resolved_run_name)
+            self.seen, self.at = seen, now
+
+    callbacks = [ReportCheckpointToRay(), TrainThroughputMetrics()]
     if not interactive():
         callbacks.append(ProgressLines())
     if cfg.fail_at_step:
@@ -145,7 +164,6 @@ def train_func(config: dict) -> None:
     import ray.train
     import torch
     from transformers import (
-        AutoModelForCausalLM,
         AutoTokenizer,
         DataCollatorForSeq2Seq,
         Trainer,
@@ -156,6 +174,7 @@ def train_func(config: dict) -> None:
     from ray.train.torch import get_device
 
     from ray_app.data.encoding import load_and_prepare_train_dataset
+    from ray_app.models.loading import load_policy_for_training
     from ray_app.models.registry import materialize_model
     from ray_app.utils.progress import interactive, quiet_progress_bars
 
@@ -226,6 +245,7 @@ def train_func(config: dict) -> None:
         disable_tqdm=rank != 0 or not interactive(),
         dataloader_num_workers=0,
         remove_unused_columns=False,
+        include_num_input_tokens_seen="non_padding",  # tokens/s on the dashboard (TrainThroughputMetrics)
         use_cpu=not on_gpu,
     )
     with args.main_process_first(desc="encode training data"):
@@ -233,7 +253,12 @@ def train_func(config: dict) -> None:
         train_dataset = load_and_prepare_train_dataset(
             dataclasses.replace(cfg, train_file=train_file, encode_cache_dir=cfg.resolved_encode_cache_dir), tokenizer)
 
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.bfloat16 if bf16 else torch.float32)
+    # The checkpoint's own class (Gemma3ForConditionalGeneration for gemma-3-4b-it), vision tower frozen:
+    # the export is the same kind of model the user started from (see ray_app/models/loading.py).
+    model, parameters = load_policy_for_training(model_path, dtype=torch.bfloat16 if bf16 else torch.float32)
+    if rank == 0:
+        frozen = f"; frozen {parameters['frozen']:,} in {', '.join(parameters['frozen_modules'])}" if parameters["frozen"] else ""
+        print(f"[sft] loaded {parameters['class']}: {parameters['trainable']:,} trainable parameters{frozen}", flush=True)
     collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100, pad_to_multiple_of=8)
     trainer = Trainer(
         model=model,
@@ -275,6 +300,7 @@ def train_func(config: dict) -> None:
             "model_path": model_path,
             "config_fingerprint": config["fingerprint"],
             "placement": config.get("placement"),
+            "parameters": parameters,
         }
         (export_tmp / "train_summary.json").write_text(json.dumps(summary, indent=2, default=str))
         storage.upload_dir(export_tmp, config["export_dir"])
@@ -394,6 +420,10 @@ def run_sft(cfg: SFTConfig, log=print) -> dict:
     )
     log(f"[sft] launching Ray Train: {plan.world_size} workers ({cfg.nproc_per_node} per node x {cfg.nnodes} nodes, "
         f"{scaling.placement_strategy}), use_gpu={use_gpu}, ZeRO-{cfg.zero_stage}, checkpoints -> {run_dir}")
+    from ray_app.utils.resources import wait_for_resources
+
+    wait_for_resources([resources] * plan.world_size, cfg.resource_wait_s, "SFT workers", strategy=scaling.placement_strategy,
+                       hint="--nproc-per-node, --nnodes, --cpus-per-worker, --no-use-gpu", log=log)
     started = time.perf_counter()
     result = trainer.fit()
     seconds = time.perf_counter() - started

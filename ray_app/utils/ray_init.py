@@ -6,7 +6,14 @@ import os
 from pathlib import Path
 
 
+# The dashboard's Train view lists a run only when the driver that runs `TorchTrainer.fit()` has this
+# set (Ray Train reads it there at fit time and passes it on to its controller and workers).
+TRAIN_STATE_TRACKING = {"RAY_TRAIN_ENABLE_STATE_TRACKING": "1"}
+
+
 def init_ray(num_cpus: int | None = None, log=print) -> None:
+    for key, value in TRAIN_STATE_TRACKING.items():
+        os.environ.setdefault(key, value)  # every job's driver, joining a cluster or starting one
     import ray
 
     if ray.is_initialized():
@@ -30,6 +37,6 @@ def init_ray(num_cpus: int | None = None, log=print) -> None:
         num_cpus=num_cpus,
         include_dashboard=True,
         log_to_driver=True,
-        runtime_env={"env_vars": {"PYTHONPATH": pythonpath}},
+        runtime_env={"env_vars": {"PYTHONPATH": pythonpath, **TRAIN_STATE_TRACKING}},
     )
     log(f"[ray] started a local Ray instance: {ray.cluster_resources()}")

@@ -1,0 +1,288 @@
+"""Resources that never arrive: wait a bounded time for what a job is about to ask Ray for, then stop
+with an error that says what was missing.
+
+Before a job launches Ray Train workers, Ray Data actors or Serve replicas, it calls
+`wait_for_resources` with one bundle per worker / actor / replica. The request is met when the
+cluster's nodes *have* those resources (busy ones count: the work then queues in Ray as usual). If
+not, and an autoscaler runs, the request goes to it (`ray.autoscaler.sdk.request_resources`) and the
+job waits, saying every ~10 s what it waits for and what the cluster has. When the autoscaler's node
+types are known and none of them (nor any node) could ever hold a bundle, the job stops at once;
+otherwise it stops after `--resource-wait-s`. Without this, Ray would wait for ever, silently.
+
+Node types come from the autoscaler's cluster config in the GCS (autoscaler v2, KubeRay) or, for
+the classic autoscaler (`ray up`, `ray start --head --autoscaling-config=...`), from the config file
+its monitor process reads on the head node, where job drivers run.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from ray_app.config import ConfigError
+
+# Bookkeeping resources every node has; left out of messages.
+_HIDDEN_PREFIXES = ("node:", "memory", "object_store_memory")
+
+
+class ResourcesUnavailable(ConfigError):
+    """The cluster cannot give a job what it asks for (now, or within --resource-wait-s)."""
+
+
+@dataclass
+class NodeType:
+    name: str
+    resources: dict[str, float]
+    max_workers: int
+
+
+@dataclass
+class Capacity:
+    """What the cluster has and what its autoscaler could add."""
+
+    nodes: list[dict[str, float]]  # total resources of each alive node
+    autoscaler: bool = False  # an autoscaler reports for this cluster
+    node_types: list[NodeType] | None = None  # None: unknown (no autoscaler, or its config unreadable)
+    source: str = ""  # where node_types came from
+    notes: list[str] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------------------------------------
+# Arithmetic on resource dicts
+# ------------------------------------------------------------------------------------------------
+
+
+def _clean(bundle: dict) -> dict[str, float]:
+    return {k: float(v) for k, v in bundle.items() if v and float(v) > 0}
+
+
+def fits(bundle: dict[str, float], node: dict[str, float]) -> bool:
+    return all(node.get(k, 0.0) + 1e-9 >= v for k, v in bundle.items())
+
+
+def _take(node: dict[str, float], bundle: dict[str, float]) -> None:
+    for k, v in bundle.items():
+        node[k] = node.get(k, 0.0) - v
+
+
+def effective_bundles(bundles: list[dict], strategy: str = "PACK") -> list[dict[str, float]]:
+    """STRICT_PACK puts every bundle on one node: the request is then their sum."""
+    bundles = [_clean(b) for b in bundles]
+    bundles = [b for b in bundles if b]
+    if strategy == "STRICT_PACK" and len(bundles) > 1:
+        total: dict[str, float] = {}
+        for b in bundles:
+            for k, v in b.items():
+                total[k] = total.get(k, 0.0) + v
+        return [total]
+    return bundles
+
+
+def pack(bundles: list[dict[str, float]], nodes: list[dict[str, float]], strategy: str = "PACK") -> bool:
+    """Whether the bundles fit these nodes' totals (first fit, biggest bundles first)."""
+    free = [dict(n) for n in nodes]
+    used: set[int] = set()
+    for b in sorted(bundles, key=lambda b: sorted(b.items(), key=lambda kv: -kv[1]), reverse=True):
+        for i, node in enumerate(free):
+            if strategy == "STRICT_SPREAD" and i in used:
+                continue
+            if fits(b, node):
+                _take(node, b)
+                used.add(i)
+                break
+        else:
+            return False
+    return True
+
+
+def shown(resources: dict[str, float]) -> str:
+    """{'CPU': 2, 'GPU': 1} without the per-node bookkeeping keys; whole numbers without '.0'."""
+    parts = {k: (int(v) if float(v).is_integer() else round(v, 3)) for k, v in sorted(resources.items())
+             if not k.startswith(_HIDDEN_PREFIXES)}
+    return json.dumps(parts).replace('"', "'")
+
+
+def _total(nodes: list[dict[str, float]]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for n in nodes:
+        for k, v in n.items():
+            out[k] = out.get(k, 0.0) + v
+    return out
+
+
+def _describe_bundles(bundles: list[dict[str, float]]) -> str:
+    counts: dict[str, int] = {}
+    for b in bundles:
+        counts[shown(b)] = counts.get(shown(b), 0) + 1
+    return " + ".join(f"{n} x {s}" for s, n in counts.items())
+
+
+def _describe_capacity(cap: Capacity) -> str:
+    has = shown(_total(cap.nodes))
+    text = f"cluster has {has if has != '{}' else 'no CPUs or GPUs for work'} on {len(cap.nodes)} node{'s' if len(cap.nodes) != 1 else ''}"
+    if cap.node_types is not None:
+        types = ", ".join(f"{t.name} {shown(t.resources)} x{t.max_workers}" for t in cap.node_types) or "none"
+        text += f"; the autoscaler can add: {types}"
+    elif cap.autoscaler:
+        text += "; an autoscaler runs (its node types unknown here)"
+    else:
+        text += "; no autoscaler"
+    return text
+
+
+# ------------------------------------------------------------------------------------------------
+# Reading the cluster
+# ------------------------------------------------------------------------------------------------
+
+
+def _autoscaler_status() -> dict | None:
+    from ray._private import ray_constants
+    from ray.experimental.internal_kv import _internal_kv_get, _internal_kv_initialized
+
+    if not _internal_kv_initialized():
+        return None
+    raw = _internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS)
+    return json.loads(raw) if raw else None
+
+
+def node_types_from_config(config: dict) -> list[NodeType]:
+    """Worker node types of an autoscaler YAML (`available_node_types`, head left out)."""
+    head = config.get("head_node_type")
+    out = []
+    for name, spec in (config.get("available_node_types") or {}).items():
+        if name == head:
+            continue
+        limit = spec.get("max_workers", config.get("max_workers", 0))
+        out.append(NodeType(name, _clean(spec.get("resources") or {}), int(min(limit, config.get("max_workers", limit)))))
+    return out
+
+
+def _node_types_from_gcs() -> list[NodeType] | None:
+    """Autoscaler v2 / KubeRay publish their node groups in the GCS."""
+    from ray._private.state import state
+
+    config = state.get_cluster_config()
+    if config is None or not config.node_group_configs:
+        return None
+    return [NodeType(g.name, _clean(dict(g.resources)), g.max_count if g.max_count >= 0 else 10**6)
+            for g in config.node_group_configs]
+
+
+def _node_types_from_monitor(status: dict) -> tuple[bool | None, list[NodeType] | None, str]:
+    """The classic autoscaler's config: the file its monitor process (on this head node) reads.
+
+    Returns (configured, node types, file): configured is False for a monitor without a config (a
+    cluster started by `ray start` / `ray.init` without --autoscaling-config adds no nodes itself),
+    None when the monitor cannot be read here (another machine)."""
+    import psutil
+    import yaml
+
+    pid = status.get("monitor_pid")
+    if not pid:
+        return None, None, ""
+    try:
+        proc = psutil.Process(int(pid))
+        args = proc.cmdline()
+        path = next((a.split("=", 1)[1] for a in args if a.startswith("--autoscaling-config=")), None)
+        if path is None and "--autoscaling-config" in args:
+            path = args[args.index("--autoscaling-config") + 1]
+        if not path:
+            return False, None, ""
+        file = Path(path).expanduser()
+        if not file.is_absolute():
+            file = Path(proc.cwd()) / file
+        return True, node_types_from_config(yaml.safe_load(file.read_text())), str(file)
+    except (psutil.Error, OSError, ValueError, yaml.YAMLError):
+        return None, None, ""  # another machine's monitor, or no access: node types stay unknown
+
+
+def cluster_capacity() -> Capacity:
+    """Alive nodes' total resources, and the autoscaler's node types where they can be read."""
+    import ray
+
+    nodes = [_clean(n["Resources"]) for n in ray.nodes() if n.get("Alive")]
+    cap = Capacity(nodes=nodes)
+    types = _node_types_from_gcs()
+    if types is not None:
+        cap.autoscaler, cap.node_types, cap.source = True, types, "GCS cluster config"
+        return cap
+    status = _autoscaler_status()
+    if status and "autoscaler_report" in status:
+        configured, types, source = _node_types_from_monitor(status)
+        if configured is None:  # judge by the worker types the autoscaler reports on
+            report = status["autoscaler_report"] or {}
+            configured = bool(((report.get("node_availability_summary") or {}).get("node_availabilities")))
+        cap.autoscaler, cap.node_types, cap.source = bool(configured), types, source
+    return cap
+
+
+# ------------------------------------------------------------------------------------------------
+# The wait
+# ------------------------------------------------------------------------------------------------
+
+
+def never_fits(bundles: list[dict[str, float]], cap: Capacity) -> list[dict[str, float]]:
+    """Bundles no alive node and no node type the autoscaler can add could ever hold."""
+    if cap.node_types is None:
+        return []
+    shapes = cap.nodes + [t.resources for t in cap.node_types if t.max_workers > 0]
+    return [b for b in bundles if not any(fits(b, s) for s in shapes)]
+
+
+def _request(bundles: list[dict[str, float]] | None) -> None:
+    from ray.autoscaler.sdk import request_resources
+
+    request_resources(bundles=bundles or [])
+
+
+def wait_for_resources(bundles: list[dict], timeout_s: float, what: str, hint: str = "", strategy: str = "PACK",
+                       log=print, capacity: Callable[[], Capacity] = cluster_capacity, poll_s: float = 2.0,
+                       report_every_s: float = 10.0, request: Callable | None = _request) -> float:
+    """Return once the cluster has room for `bundles` (one dict per worker / actor / replica); raise
+    ResourcesUnavailable at once if no node type could ever hold one, else after `timeout_s`.
+
+    `what` names the work ('SFT workers'); `hint` names the flags that change the request. Returns the
+    seconds waited."""
+    wanted = effective_bundles(bundles, strategy)
+    if not wanted:
+        return 0.0
+    started = time.monotonic()
+    requested = False
+    last_report = None
+    try:
+        while True:
+            cap = capacity()
+            if pack(wanted, cap.nodes, strategy):
+                waited = time.monotonic() - started
+                if requested or waited > poll_s:
+                    log(f"[resources] {what}: {_describe_bundles(wanted)} available after {waited:.0f}s")
+                return waited
+            impossible = never_fits(wanted, cap)
+            if impossible:
+                raise ResourcesUnavailable(
+                    f"{what} need {_describe_bundles(wanted)}, and no node of this cluster nor any node type its "
+                    f"autoscaler can add has {shown(impossible[0])} ({_describe_capacity(cap)}; node types from "
+                    f"{cap.source}). Ask for less{f' ({hint})' if hint else ''}, or add a node type that has it")
+            waited = time.monotonic() - started
+            if waited >= timeout_s:
+                raise ResourcesUnavailable(
+                    f"{what} need {_describe_bundles(wanted)}, which the cluster did not provide within "
+                    f"{timeout_s:.0f}s (--resource-wait-s): {_describe_capacity(cap)}. Ask for less"
+                    f"{f' ({hint})' if hint else ''}, add nodes that have it, or wait longer with --resource-wait-s")
+            if cap.autoscaler and request is not None and not requested:
+                request(wanted)
+                requested = True
+            if last_report is None or time.monotonic() - last_report >= report_every_s:
+                last_report = time.monotonic()
+                log(f"[resources] waiting for {_describe_bundles(wanted)} ({what}): {_describe_capacity(cap)}; "
+                    f"{waited:.0f}s of {timeout_s:.0f}s (--resource-wait-s)")
+            time.sleep(poll_s)
+    finally:
+        if requested:
+            try:
+                request(None)  # the job's own tasks and actors keep the nodes from here
+            except Exception:  # noqa: BLE001 - best effort: a stale request only delays scale-down
+                pass
