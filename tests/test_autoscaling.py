@@ -59,6 +59,18 @@ def test_node_types_from_the_fake_cluster_config_and_what_never_fits():
     assert never_fits([{"GPU": 8.0}], Capacity(nodes=[{}])) == []  # node types unknown: no verdict
 
 
+def test_gpus_count_when_a_node_or_an_autoscaler_node_type_has_them():
+    """Jobs that are not told how many GPUs to use pick GPUs on a cluster whose GPU workers scale from 0."""
+    from ray_app.utils.resources import Capacity, NodeType, gpus_reachable
+
+    head_only = [{"CPU": 0.0}]
+    assert gpus_reachable(Capacity(nodes=head_only, autoscaler=True, node_types=_fake_types()))
+    assert not gpus_reachable(Capacity(nodes=head_only))  # no autoscaler, no GPU node
+    assert not gpus_reachable(Capacity(nodes=head_only, autoscaler=True,
+                                       node_types=[NodeType("gpu_worker", {"CPU": 2.0, "GPU": 1.0}, 0)]))  # max 0
+    assert gpus_reachable(Capacity(nodes=[{"CPU": 4.0, "GPU": 1.0}]))
+
+
 def test_packing_follows_the_placement_strategy():
     from ray_app.utils.resources import effective_bundles, pack
 
@@ -205,7 +217,8 @@ def _gpu_workers(token: str) -> int | None:
 def test_readme_block_gpu_worker_from_zero_for_a_job_and_gone_when_idle(fake_cluster):
     home, env = fake_cluster["home"], fake_cluster["env"]
     commands = readme_block("autoscaling-local")
-    assert "--autoscaling-config=cluster/fake_multinode.yaml" in commands and "--num-gpus-per-actor 1" in commands
+    # The job names no GPU count: it must ask for GPUs because the autoscaler can add GPU nodes.
+    assert "--autoscaling-config=cluster/fake_multinode.yaml" in commands and "--num-gpus-per-actor" not in commands
     body, stop = commands.rstrip().rsplit("\n", 1)
     assert stop.strip() == "ray stop"  # run as the fixture's teardown, limited to this cluster's processes
     # The block as typed, in two parts: up to the submission (the head and its autoscaler, the data),

@@ -73,12 +73,16 @@ def test_reward_replicas_scale_up_under_sampler_load_and_back(tmp_path):
         model_path=cfg.reward_model, corpus_file=str(corpus), num_replicas=cfg.reward_replicas, num_cpus=cfg.reward_num_cpus,
         max_batch_size=cfg.reward_max_batch_size, autoscaling=True, max_replicas=MAX_REPLICAS, port=free_port(),
         target_ongoing_requests=target, upscale_delay_s=cfg.reward_upscale_delay_s,
-        downscale_delay_s=cfg.reward_downscale_delay_s, look_back_period_s=2.0, metrics_interval_s=0.5)
+        # Ray 2.60: handles push their ongoing-request counts every 10 s (RAY_SERVE_HANDLE_AUTOSCALING_METRIC_
+        # PUSH_INTERVAL_S; the metrics_interval_s field is deprecated), so the window the controller averages
+        # over must be longer than that, or it sees no load at all.
+        downscale_delay_s=cfg.reward_downscale_delay_s, look_back_period_s=12.0)
     assert autoscaling_config(settings)["target_ongoing_requests"] == 2
 
     # address="local": a fresh instance of our own, never a cluster someone else started on this machine.
     ray.shutdown()  # not another test's instance either
     ray.init(address="local", num_cpus=2, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
+    handle = None
     try:
         started = time.time()
         handle = deploy_reward_model(settings, blocking_timeout_s=180)
@@ -138,5 +142,9 @@ def test_reward_replicas_scale_up_under_sampler_load_and_back(tmp_path):
         assert after == 1, f"still {after} replicas {time.time() - load_ended:.0f}s after the load ended"
         serve.delete(APP_NAME)
     finally:
+        if handle is not None:
+            # Stop this driver's router thread too: left running, it keeps pushing autoscaling metrics
+            # after ray.shutdown() and, at interpreter exit, starts Ray again to do so.
+            handle.shutdown()
         serve.shutdown()
         ray.shutdown()

@@ -20,7 +20,7 @@ from ray_app.inference.actors import GenerationActor
 from ray_app import storage
 from ray_app.models.registry import model_identity, parse_model_specs
 from ray_app.utils.fingerprint import fingerprint
-from ray_app.utils.resources import wait_for_resources
+from ray_app.utils.resources import gpus_reachable, wait_for_resources
 from ray_app.utils.run_info import versions
 
 TABLE1_COLUMNS = {
@@ -39,11 +39,10 @@ def question_rows(data_dir: str, splits: list[str], limit: int | None) -> list[d
 
 
 def gpus_per_actor(requested: float | None) -> float:
-    import ray
-
+    """As asked, else one GPU per actor where the cluster has GPUs or its autoscaler can add them."""
     if requested is not None:
         return requested
-    return 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+    return 1.0 if gpus_reachable() else 0.0
 
 
 def generate_with_actors(rows: list[dict], label: str, model: str, corpus_file: str, cfg_actor: dict, batch_size: int,

@@ -314,9 +314,10 @@ def train_func(config: dict) -> None:
 
 
 def cluster_has_gpus() -> bool:
-    import ray
+    """GPUs on a node now, or on a node type the autoscaler can add (GPU workers that scale from 0)."""
+    from ray_app.utils.resources import gpus_reachable
 
-    return ray.cluster_resources().get("GPU", 0) > 0
+    return gpus_reachable()
 
 
 def placement_strategy(cfg: SFTConfig) -> str:

@@ -219,6 +219,14 @@ def cluster_capacity() -> Capacity:
     return cap
 
 
+def gpus_reachable(cap: Capacity | None = None) -> bool:
+    """Whether GPU work can run on this cluster: a node has GPUs now, or a node type its autoscaler can
+    add has them (a cluster whose GPU workers scale from zero has none until a job asks)."""
+    cap = cap or cluster_capacity()
+    shapes = cap.nodes + [t.resources for t in (cap.node_types or []) if t.max_workers > 0]
+    return any(s.get("GPU", 0) > 0 for s in shapes)
+
+
 # ------------------------------------------------------------------------------------------------
 # The wait
 # ------------------------------------------------------------------------------------------------
