@@ -45,6 +45,11 @@ def cluster(tmp_path_factory, s3_server, full_data):
     token = os.environ.get("RAY_AUTH_TOKEN") or (token_file.read_text().strip() if token_file.is_file() else secrets.token_hex(32))
     saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
     os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)
+    # Ray reads the auth mode once per process: re-read it from the environment just set (run alone,
+    # this process has read "disabled" already; after other tests it may have read "token").
+    from ray._private.authentication_test_utils import reset_auth_token_state
+
+    reset_auth_token_state()
     # The head runs drivers, controllers and Serve's proxy, but no work: 0 CPUs, 0 GPUs for tasks.
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "num_gpus": 0, "include_dashboard": True,
                                                             "dashboard_port": 0})
