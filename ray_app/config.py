@@ -138,7 +138,7 @@ class GenerationConfig:
     data_dir: str = _f("data", "folder with the test JSONL files; built there when missing", path=True)
     max_new_tokens: int = _f(256, "generation budget per answer")
     actors_per_model: int = _f(1, "Ray Data actors per model (one model each; one GPU each when the cluster has GPUs)")
-    num_gpus_per_actor: Optional[float] = _f(None, "GPUs per generation actor; default 1 on GPU clusters, else 0")
+    num_gpus_per_actor: Optional[float] = _f(None, "GPUs per generation actor; default 1 where a node or a node type of the autoscaler has GPUs, else 0")
     limit: Optional[int] = _f(None, "only the first K questions of each split (quick runs)")
     resource_wait_s: float = _f(600.0, "seconds to wait for the cluster (or its autoscaler) to provide the generation actors' "
                                 "(and reward replicas') CPUs/GPUs before stopping with an error that names what is missing")

@@ -214,7 +214,7 @@ def _gpu_workers(token: str) -> int | None:
 
 
 @slow
-def test_readme_block_gpu_worker_from_zero_for_a_job_and_gone_when_idle(fake_cluster):
+def test_readme_block_gpu_worker_from_zero_for_a_job_and_gone_when_idle_and_an_impossible_request_refused(fake_cluster):
     home, env = fake_cluster["home"], fake_cluster["env"]
     commands = readme_block("autoscaling-local")
     # The job names no GPU count: it must ask for GPUs because the autoscaler can add GPU nodes.
@@ -283,16 +283,12 @@ def test_readme_block_gpu_worker_from_zero_for_a_job_and_gone_when_idle(fake_clu
     print(f"[autoscaling] GPU worker up {up[0] - submitted:.1f}s after submission; job took {succeeded - submitted:.1f}s; "
           f"worker gone {down - succeeded:.1f}s after the job succeeded")
 
-
-@slow
-def test_request_no_node_type_has_ends_at_once_with_the_error(fake_cluster):
-    env = {**fake_cluster["env"], "RAY_AUTH_MODE": "token", "RAY_ADDRESS": DASHBOARD}
-    if not (fake_cluster["home"] / "ray-app-gsm" / "data").is_dir():
-        pytest.skip("needs the cluster and data of the README block test")
+    # On the same cluster and data: a job asking for what no node type has ends at once with the error.
+    submit_env = {**env, "RAY_AUTH_MODE": "token", "RAY_ADDRESS": DASHBOARD}
     started = time.time()
     proc = subprocess.run(["ray", "job", "submit", "--working-dir", ".", "--", "python", "jobs/evaluate.py",
                            "--num-gpus-per-actor", "2", "--resource-wait-s", "15", "--datasets", "gsm_symbolic_test",
-                           "--limit", "2"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+                           "--limit", "2"], cwd=ROOT, env=submit_env, capture_output=True, text=True, timeout=300)
     took = time.time() - started
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0 and "exit code 2" in out, out[-5000:]

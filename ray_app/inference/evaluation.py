@@ -13,7 +13,7 @@ from ray_app.analysis.estimators import (
     stable_seed,
     wilson_interval,
 )
-from ray_app.config import EvalConfig
+from ray_app.config import EvalConfig, GenerationConfig
 from ray_app.data.gsm import load_split, manifest_sha256
 from ray_app.data.prompts import has_final_answer_line
 from ray_app.inference.actors import GenerationActor
@@ -38,11 +38,13 @@ def question_rows(data_dir: str, splits: list[str], limit: int | None) -> list[d
     return rows
 
 
-def gpus_per_actor(requested: float | None) -> float:
-    """As asked, else one GPU per actor where the cluster has GPUs or its autoscaler can add them."""
-    if requested is not None:
-        return requested
-    return 1.0 if gpus_reachable() else 0.0
+def generation_actor_gpus(cfg: GenerationConfig, log=print) -> float:
+    """GPUs per generation actor (as asked, else one where the cluster has GPUs or its autoscaler can add
+    them), once the cluster can hold `actors_per_model` such actors (or a clear error: resources.py)."""
+    num_gpus = cfg.num_gpus_per_actor if cfg.num_gpus_per_actor is not None else (1.0 if gpus_reachable() else 0.0)
+    wait_for_resources([{"CPU": 1, "GPU": num_gpus}] * cfg.actors_per_model, cfg.resource_wait_s, "generation actors",
+                       hint="--num-gpus-per-actor, --actors-per-model", log=log)
+    return num_gpus
 
 
 def generate_with_actors(rows: list[dict], label: str, model: str, corpus_file: str, cfg_actor: dict, batch_size: int,
@@ -119,9 +121,7 @@ def run_evaluation(cfg: EvalConfig, log=print) -> dict:
     splits = [s.strip() for s in cfg.datasets.split(",") if s.strip()]
     rows = question_rows(cfg.data_dir, splits, cfg.limit)
     corpus = storage.join(cfg.data_dir, "gsm_symbolic_train.jsonl")
-    num_gpus = gpus_per_actor(cfg.num_gpus_per_actor)
-    wait_for_resources([{"CPU": 1, "GPU": num_gpus}] * cfg.actors_per_model, cfg.resource_wait_s, "generation actors",
-                       hint="--num-gpus-per-actor, --actors-per-model", log=log)
+    num_gpus = generation_actor_gpus(cfg, log)
     frames, seconds = [], {}
     for label, model in parse_model_specs(cfg.models):
         t = time.perf_counter()

@@ -25,7 +25,7 @@ from dataclasses import asdict
 from ray_app.analysis.report import SAMPLE_COLUMNS
 from ray_app.config import SampleConfig
 from ray_app.data.gsm import manifest_sha256
-from ray_app.inference.evaluation import generate_with_actors, gpus_per_actor, question_rows
+from ray_app.inference.evaluation import generate_with_actors, generation_actor_gpus, question_rows
 from ray_app import storage
 from ray_app.models.registry import model_identity, parse_model_specs
 from ray_app.utils.fingerprint import check_or_record
@@ -138,9 +138,7 @@ def run_sampling(cfg: SampleConfig, log=print) -> dict:
     seconds = {"deploy_reward_model": time.perf_counter() - t}
     log(f"[sample] reward model {cfg.reward_model} serving on http://{cfg.serve_host}:{cfg.serve_port}/score")
 
-    num_gpus = gpus_per_actor(cfg.num_gpus_per_actor)
-    wait_for_resources([{"CPU": 1, "GPU": num_gpus}] * cfg.actors_per_model, cfg.resource_wait_s, "generation actors",
-                       hint="--num-gpus-per-actor, --actors-per-model", log=log)
+    num_gpus = generation_actor_gpus(cfg, log)
     actor_args = {"max_new_tokens": cfg.max_new_tokens, "batch_size": cfg.questions_per_batch, "num_samples": cfg.num_samples,
                   "do_sample": True, "temperature": cfg.temperature, "top_p": cfg.top_p, "seed": cfg.seed}
     scored = retried = 0

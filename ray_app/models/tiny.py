@@ -132,11 +132,7 @@ def _build_model(preset: ModelPreset, tokenizer):
         model = (Gemma3ForConditionalGeneration if a.vision else Gemma3ForCausalLM)(config)
         # What generation stops on is the model's own business (as in gemma-3-*-it's generation_config.json).
         model.generation_config = GenerationConfig(
-            bos_token_id=ids["<bos>"],
-            eos_token_id=[ids["<eos>"], ids["<end_of_turn>"]],
-            pad_token_id=ids["<pad>"],
-            do_sample=False,
-        )
+            bos_token_id=token_ids["bos"], eos_token_id=token_ids["eos"], pad_token_id=token_ids["pad"], do_sample=False)
         return model
     config = a.hf_config(vocab_size=len(tokenizer), max_position_embeddings=4096, token_ids={
         "bos": ids["<|begin_of_text|>"], "eos": ids["<|eot_id|>"], "pad": ids["<|finetune_right_pad_id|>"]})

@@ -16,7 +16,8 @@ from ray_app.config import BatchPlan, SFTConfig
 from ray_app.models.registry import get_preset
 from ray_app.models.loading import count_loaded_parameters, planning_config
 from ray_app.trainer.memory import GiB, activation_bytes, format_memory_table, model_state_bytes
-from ray_app.trainer.sft import cluster_has_gpus, run_sft, save_run_manifest
+from ray_app.trainer.sft import run_sft, save_run_manifest
+from ray_app.utils.resources import gpus_reachable
 from ray_app.utils.run_info import plot_loss_curve
 
 
@@ -70,9 +71,9 @@ def print_plan(cfg: SFTConfig, plan: BatchPlan, num_examples: int, on_gpu: bool)
         lines.append("[plan] model-state memory per GPU:")
         lines.append(format_memory_table(n, plan.world_size, mixed, cfg.offload_optimizer, cfg.offload_param, cfg.zero_stage, frozen))
         states = model_state_bytes(n, cfg.zero_stage, plan.world_size, mixed, cfg.offload_optimizer, cfg.offload_param, frozen)
-        acts = activation_bytes(config.get_text_config(), plan.per_device_batch_size, cfg.max_seq_length, mixed,
-                                cfg.gradient_checkpointing)
-        vocab = config.get_text_config().vocab_size
+        text_config = config.get_text_config()
+        acts = activation_bytes(text_config, plan.per_device_batch_size, cfg.max_seq_length, mixed, cfg.gradient_checkpointing)
+        vocab = text_config.vocab_size
         lines.append(
             f"[plan] activations per GPU (micro-batch {plan.per_device_batch_size} x {cfg.max_seq_length} tokens, activation "
             f"checkpointing {'on' if cfg.gradient_checkpointing else 'off'}): layers {acts.layers / GiB:.2f}GB + logits "
@@ -91,7 +92,7 @@ def train_and_report(cfg: SFTConfig) -> dict:
     plan = BatchPlan.from_config(cfg)
     num_examples = count_rows(cfg.resolved_train_file)
     started = time.perf_counter()
-    on_gpu = cfg.use_gpu if cfg.use_gpu is not None else cluster_has_gpus()
+    on_gpu = cfg.use_gpu if cfg.use_gpu is not None else gpus_reachable()
     plan_text = print_plan(cfg, plan, num_examples, on_gpu)
     summary = run_sft(cfg)
     summary["plan"] = plan_text

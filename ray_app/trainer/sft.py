@@ -313,13 +313,6 @@ def train_func(config: dict) -> None:
 # ----------------------------------------------------------------------------------------------
 
 
-def cluster_has_gpus() -> bool:
-    """GPUs on a node now, or on a node type the autoscaler can add (GPU workers that scale from 0)."""
-    from ray_app.utils.resources import gpus_reachable
-
-    return gpus_reachable()
-
-
 def placement_strategy(cfg: SFTConfig) -> str:
     """Workers per node as torchrun would place them: nproc_per_node on each of nnodes nodes.
 
@@ -378,7 +371,10 @@ def run_sft(cfg: SFTConfig, log=print) -> dict:
     from ray.train.torch import TorchConfig, TorchTrainer
 
     plan = BatchPlan.from_config(cfg)
-    use_gpu = cfg.use_gpu if cfg.use_gpu is not None else cluster_has_gpus()
+    from ray_app.utils.resources import gpus_reachable, wait_for_resources
+
+    # Not told: GPUs when a node has them or a node type the autoscaler can add does (GPU workers from 0).
+    use_gpu = cfg.use_gpu if cfg.use_gpu is not None else gpus_reachable()
     run_dir = cfg.run_dir
     if cfg.fresh_run and storage.exists(run_dir):
         log(f"[sft] --fresh-run: deleting the earlier run in {run_dir}")
@@ -421,8 +417,6 @@ def run_sft(cfg: SFTConfig, log=print) -> dict:
     )
     log(f"[sft] launching Ray Train: {plan.world_size} workers ({cfg.nproc_per_node} per node x {cfg.nnodes} nodes, "
         f"{scaling.placement_strategy}), use_gpu={use_gpu}, ZeRO-{cfg.zero_stage}, checkpoints -> {run_dir}")
-    from ray_app.utils.resources import wait_for_resources
-
     wait_for_resources([resources] * plan.world_size, cfg.resource_wait_s, "SFT workers", strategy=scaling.placement_strategy,
                        hint="--nproc-per-node, --nnodes, --cpus-per-worker, --no-use-gpu", log=log)
     started = time.perf_counter()
