@@ -38,7 +38,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--train-file", default=None, help="training JSONL [default: STORAGE_ROOT/data/gsm_symbolic_train.jsonl, built when missing]")
     parser.add_argument("--storage-root", default=None, help=cli.ROOT_HELP)
-    parser.add_argument("--tokenizer", default=str(ROOT.parent / "shared/tokenizers/gemma-3"), help="tokenizer folder or Hub id")
+    parser.add_argument("--tokenizer", default="google/gemma-3-1b-it",
+                        help="tokenizer folder or Hub id (offline: a folder with tokenizer.json, e.g. a saved Gemma 3 "
+                        "tokenizer) [default: google/gemma-3-1b-it]")
     parser.add_argument("--num-proc", default="1,2", help="comma-separated num_proc values; the first is the baseline")
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args(argv)
@@ -55,7 +57,11 @@ def main(argv=None) -> int:
     args.train_file = str(storage.local_copy(args.train_file))
     datasets.disable_progress_bars()
     datasets.disable_caching()
-    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+    except (OSError, ValueError) as e:
+        parser.error(f"cannot load the tokenizer '{args.tokenizer}' ({type(e).__name__}); without Hub access pass "
+                     "--tokenizer FOLDER with a saved Gemma 3 tokenizer (tokenizer.json + tokenizer_config.json)")
     results = {}
     for num_proc in [int(n) for n in args.num_proc.split(",")]:
         best = float("inf")

@@ -110,7 +110,7 @@ def main(argv=None) -> int:
 
     from ray import serve
 
-    from ray_app.reward.serve_app import APP_NAME, ServeSettings, deploy_reward_model
+    from ray_app.reward.serve_app import ServeSettings, deploy_reward_model
     from ray_app.utils.ray_init import init_ray
 
     init_ray()
@@ -118,8 +118,9 @@ def main(argv=None) -> int:
 
     results = {}
     for name, max_batch in (("max_batch_size=1", 1), (f"max_batch_size={args.max_batch_size}", args.max_batch_size)):
+        app_name = "reward-bench-batch-1" if max_batch == 1 else "reward-bench-batched"
         handle = deploy_reward_model(ServeSettings(model_path=args.reward_model, corpus_file=corpus, port=args.port, max_batch_size=max_batch,
-                                                   max_ongoing_requests=256, batch_wait_timeout_s=0.005))
+                                                   max_ongoing_requests=256, batch_wait_timeout_s=0.005), app_name)
         handle.score.remote(questions[:2], responses[:2]).result()  # warm-up
         before = handle.stats.remote().result()
         started = time.perf_counter()
@@ -131,7 +132,7 @@ def main(argv=None) -> int:
         full = after["scoring"]["tokens_in_pairs"] - before["scoring"]["tokens_in_pairs"]
         busy = (after["compute_seconds"] - before["compute_seconds"]) / seconds
         results[name] = (len(scores), seconds, after["mean_batch_size"], full / max(1, ran), busy, scores)
-        serve.delete(APP_NAME)
+        serve.delete(app_name)
 
     print(f"\nReward scoring through Ray Serve, {args.reward_model}, {len(questions) // args.n} questions x {args.n} "
           f"responses ({source}), {len(futures)} concurrent requests, 1 replica")

@@ -63,8 +63,8 @@ def _main(args) -> int:
         raise DataError("--bootstrap-resamples must be at least 100 and --max-subsets at least 1")
     df = read_samples(samples)
     samples_sha = hashlib.sha256(storage.read_bytes(samples)).hexdigest()
-    with tempfile.TemporaryDirectory(prefix="ray_app_report_") as tmp:
-        local_out = out if not storage.is_uri(out) else tmp
+    # Assembled locally, then published (storage.publish_dir): readers never see half a report.
+    with tempfile.TemporaryDirectory(prefix="ray_app_report_") as local_out:
         result = write_report(df, local_out, ns, args.softmax_temperature, args.bootstrap_resamples, args.seed, args.max_subsets)
         settings = {"samples_sha256": samples_sha, **result["settings"]}
         # The models behind the samples, from the sampling run's manifest beside them (when there is one).
@@ -75,12 +75,12 @@ def _main(args) -> int:
             models["reward model"] = sampled["reward_model"]
         storage.write_json(storage.join(local_out, "analysis_manifest.json"), {
             "samples": samples, "samples_sha256": samples_sha, "rows": len(df), "settings": settings,
-            "config_fingerprint": fingerprint(settings), "ns": ns, "files": result["paths"], "models": models,
+            "config_fingerprint": fingerprint(settings), "ns": ns, "models": models,
+            "files": {name: storage.join(out, Path(path).name) for name, path in result["paths"].items()},
             "seconds": time.perf_counter() - started, "versions": versions(),
         })
         result["paths"]["report.html"] = str(write_html_report(local_out, "Inference-time scaling: selection strategies vs samples per question", models))
-        if storage.is_uri(out):
-            storage.upload_dir(tmp, out)
+        storage.publish_dir(local_out, out, args.storage_root)
     print(to_markdown(result["differences"]) if len(result["differences"]) else "")
     print(to_markdown(result["failures"]))
     for name, path in result["paths"].items():

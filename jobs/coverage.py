@@ -50,12 +50,13 @@ def _main(cfg, args) -> int:
     cli.connect_ray()
     cli.ensure_data(cfg.data_dir, args)
     t = time.perf_counter()
-    sampled = run_sampling(sample_cfg)
+    sampled = run_sampling(sample_cfg, root)
     timings = {"sample_and_score": time.perf_counter() - t}
 
     df = read_samples(storage.join(sample_cfg.out_dir, "samples.parquet"))
+    # Assembled locally, then published beside samples/ (storage.publish_dir keeps it): never half a report.
     with tempfile.TemporaryDirectory(prefix="ray_app_coverage_") as tmp:
-        local = Path(out) if not storage.is_uri(out) else Path(tmp)
+        local = Path(tmp)
         t = time.perf_counter()
         coverage = write_coverage_report(df, local, seed=cfg.seed)
         verifier = write_verifier_report(df, local, seed=cfg.seed)
@@ -70,8 +71,7 @@ def _main(cfg, args) -> int:
             "models": models, "timings_s": {k: round(v, 1) for k, v in timings.items()}, "versions": versions(),
         })
         write_html_report(local, f"Coverage and selection to N = {coverage['num_samples']}", models)
-        if storage.is_uri(out):
-            storage.upload_dir(local, out)
+        storage.publish_dir(local, out, root)
     for (model, dataset), fit in coverage["fits"].items():
         said = fit.get("error") or f"coverage(k) = exp({fit['a']:.3g} k^{fit['b']:.3g}), R^2 {fit['r2']:.3f}"
         print(f"[coverage] {model} / {dataset}: {said}")

@@ -90,7 +90,7 @@ def _main(cfg, args) -> int:
                                       run_name=f"sft-{storage.basename(cfg.model)}-n{size}")
         t = time.perf_counter()
         print(f"\n=== [sft n={size}] ===", flush=True)
-        models[f"n{size}"] = train_and_report(sft_cfg)["export_dir"]
+        models[f"n{size}"] = train_and_report(sft_cfg, root)["export_dir"]
         timings[f"sft_n{size}"] = round(time.perf_counter() - t, 1)
         steps[size] = BatchPlan.from_config(sft_cfg).total_steps(size, sft_cfg.num_train_epochs, sft_cfg.max_steps)
 
@@ -118,9 +118,9 @@ def _main(cfg, args) -> int:
         except ValueError as e:  # e.g. every accuracy 0 on a tiny model: say so instead of a made-up curve
             fits[column] = {"error": str(e)}
 
+    # Assembled locally, then published beside train/, sft/, eval/ (storage.publish_dir keeps them).
     with tempfile.TemporaryDirectory(prefix="ray_app_scaling_") as tmp:
-        local = Path(out) if not storage.is_uri(out) else Path(tmp)
-        local.mkdir(parents=True, exist_ok=True)
+        local = Path(tmp)
         notes = [f"- {col}: " + (fit["error"] if "error" in fit else
                                  f"{col} = {fit['c']:.4g} * n^{fit['alpha']:.4g} (R^2 {fit['r2']:.3f}, {fit['points']} points)")
                  for col, fit in fits.items()]
@@ -140,8 +140,7 @@ def _main(cfg, args) -> int:
             "sft": to_dict(base), "timings_s": timings, "versions": versions(),
         }, indent=2, default=str) + "\n")
         write_html_report(local, f"Accuracy vs training examples ({cfg.model})", models)
-        if storage.is_uri(out):
-            storage.upload_dir(local, out)
+        storage.publish_dir(local, out, root)
     print(to_markdown(table))
     for col, fit in fits.items():
         print(f"[data_scaling] {col}: " + (fit["error"] if "error" in fit else f"{fit['c']:.4g} * n^{fit['alpha']:.4g}"))

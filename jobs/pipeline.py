@@ -2,7 +2,10 @@
 """The whole study in one command: data -> SFT of both models -> evaluate 4 models -> sample + score the small base and SFT models -> analyse -> a report folder.
 
 examples:
-  python jobs/pipeline.py                                  # embedded tiny preset, local Ray, ~15 min on 2 cores
+  python jobs/pipeline.py                                  # embedded tiny preset, local Ray, minutes on 2 cores
+  python jobs/pipeline.py                                  # again: every stage reused, seconds
+  python jobs/pipeline.py --temperature 0.9                # resamples and re-analyses; SFT and evaluation reused
+  python jobs/pipeline.py --small-max-steps 200            # trains the small model on, then redoes what uses it
   python jobs/pipeline.py --storage-root s3://my-bucket/gsm
   ray job submit --working-dir . -- python jobs/pipeline.py --preset gemma3-1b --storage-root s3://my-bucket/gsm
 
@@ -11,6 +14,9 @@ data/, sft/, eval/, samples/ and report/. The report folder holds Table 1 (greed
 the plots, the SFT loss curves, README.md and report.html with everything in one page (report.html
 is self-contained: open it in a browser, offline), and pipeline_manifest.json (config of every stage,
 versions, seeds, timings per stage). `python jobs/report.py --report pipeline/report` rebuilds report.html.
+
+Rerunning is resuming: a stage whose outputs were made with the same settings is reused (and says
+so), an unfinished one resumes, and a changed setting redoes only the stages it affects.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ray_app import cli, storage  # noqa: E402
-from ray_app.config import parse_job_config, resolve_section, to_dict  # noqa: E402
+from ray_app.config import BatchPlan, default_run_name, parse_job_config, resolve_section, to_dict  # noqa: E402
 
 
 def _stage(name: str, timings: dict):
@@ -48,31 +54,38 @@ def main(argv=None) -> int:
 def _main(pcfg, args) -> int:
     sections = {s: resolve_section(s, args.preset, args.config, {}) for s in ("data", "sft", "eval", "sample")}
 
-    from ray_app.analysis.html_report import write_html_report
-    from ray_app.analysis.report import read_samples, write_report
-    from ray_app.data.gsm import build_from_config
+    from ray_app.data.gsm import ensure_data
     from ray_app.inference.evaluation import run_evaluation
-    from ray_app.inference.sampling import run_sampling
+    from ray_app.inference.sampling import run_sampling, sampling_config_settings
     from ray_app.trainer.job import train_and_report
-    from ray_app.utils.run_info import versions
+    from ray_app.trainer.sft import sha256_of, training_settings
+    from ray_app.utils.fingerprint import recorded_differences
+    from ray_app.utils.ray_init import ensure_connected
 
     started = time.perf_counter()
     cli.start(args)
     out = pcfg.out_dir
     data_dir, report = storage.join(out, "data"), storage.join(out, "report")
     timings: dict[str, float] = {}
-    cli.connect_ray()
+    # A rerun reuses every finished stage and redoes only what a changed setting affects; Ray is
+    # started by the first stage that has work to do (none, on a rerun with the same settings).
+    # The pipeline owns its folder: a stage it redoes is deleted only inside `out` (storage.delete's bound).
 
     data_cfg = dataclasses.replace(sections["data"], out_dir=data_dir)
     with _stage("data", timings):
-        build_from_config(data_cfg, extra_manifest={"versions": versions()})
+        if data_cfg.use_ray:
+            from ray_app.data.gsm import data_status
+
+            if not data_status(data_dir)[0]:
+                ensure_connected()
+        ensure_data(data_dir, data_cfg, owned=True)
 
     base_sft = dataclasses.replace(sections["sft"], data_dir=data_dir, train_file=None, storage_path=storage.join(out, "sft"),
                                    export_dir=None, encode_cache_dir=None, eval_after=False, fresh_run=pcfg.fresh_run)
     sft_cfgs = {
-        "small": dataclasses.replace(base_sft, model=pcfg.small_model, run_name=f"sft-{pcfg.small_model}",
+        "small": dataclasses.replace(base_sft, model=pcfg.small_model, run_name=default_run_name(pcfg.small_model),
                                      max_steps=pcfg.small_max_steps),
-        "large": dataclasses.replace(base_sft, model=pcfg.large_model, run_name=f"sft-{pcfg.large_model}",
+        "large": dataclasses.replace(base_sft, model=pcfg.large_model, run_name=default_run_name(pcfg.large_model),
                                      max_steps=pcfg.large_max_steps,
                                      per_device_batch_size=pcfg.large_per_device_batch_size or base_sft.per_device_batch_size,
                                      zero_stage=pcfg.large_zero_stage if pcfg.large_zero_stage is not None else base_sft.zero_stage),
@@ -80,7 +93,14 @@ def _main(pcfg, args) -> int:
     exports = {}
     for size, cfg in sft_cfgs.items():
         with _stage(f"sft_{size}", timings):
-            exports[size] = train_and_report(cfg)["export_dir"]
+            # The pipeline owns its runs: one whose weights-deciding settings changed (data, learning rate,
+            # ...) is retrained from step 0; a longer --*-max-steps resumes it and trains on.
+            changed = recorded_differences(storage.join(cfg.run_dir, "run_config.json"),
+                                           training_settings(cfg, BatchPlan.from_config(cfg), sha256_of(cfg.resolved_train_file)))
+            if changed and not cfg.fresh_run:
+                print(f"[pipeline] SFT {size}: settings changed ({'; '.join(changed)}): retraining from step 0")
+                cfg = sft_cfgs[size] = dataclasses.replace(cfg, fresh_run=True)
+            exports[size] = train_and_report(cfg, out)["export_dir"]
 
     labels = {
         "small-base": pcfg.small_model, "small-sft": exports["small"],
@@ -98,13 +118,25 @@ def _main(pcfg, args) -> int:
         sections["sample"], data_dir=data_dir, out_dir=storage.join(out, "samples"), limit=pcfg.sample_limit,
         models=f"small-base={labels['small-base']},small-sft={labels['small-sft']}", fresh_run=pcfg.fresh_run,
         max_new_tokens=pcfg.max_new_tokens or sections["sample"].max_new_tokens,
+        temperature=pcfg.temperature if pcfg.temperature is not None else sections["sample"].temperature,
+        num_samples=pcfg.num_samples or sections["sample"].num_samples,
     )
     with _stage("sample_and_score", timings):
-        sampled = run_sampling(sample_cfg)
+        changed = recorded_differences(storage.join(sample_cfg.out_dir, "sampling_config.json"),
+                                       sampling_config_settings(sample_cfg))
+        if changed and not sample_cfg.fresh_run:
+            print(f"[pipeline] sampling settings changed ({'; '.join(changed)}): sampling again")
+            sample_cfg = dataclasses.replace(sample_cfg, fresh_run=True)
+        sampled = run_sampling(sample_cfg, out)
 
-    # The report is assembled in a local folder and copied to storage at the end (a URI out_dir too).
+    from ray_app.analysis.html_report import write_html_report
+    from ray_app.analysis.report import read_samples, write_report
+    from ray_app.utils.run_info import versions
+
+    # The report is assembled in a local folder and published at the end (storage.publish_dir, any
+    # root): readers never see half of it.
     with tempfile.TemporaryDirectory(prefix="ray_app_report_") as tmp:
-        local = Path(report) if not storage.is_uri(report) else Path(tmp)
+        local = Path(tmp)
         with _stage("analyze", timings):
             analysis = write_report(read_samples(storage.join(out, "samples", "samples.parquet")), local)
         for name in ("table1_accuracy.csv", "table1_accuracy.md", "table1_differences.csv", "table1_differences.md"):
@@ -121,13 +153,13 @@ def _main(pcfg, args) -> int:
             "seeds": {"data": data_cfg.seed, "sft": base_sft.seed, "sample": sample_cfg.seed},
             "config_fingerprints": {"sample": sampled["config_fingerprint"]},
             "models": labels, "timings_s": timings, "versions": versions(),
-            "sampling_overlap": sampled["overlap"], "analysis": analysis["settings"], "files": analysis["paths"],
+            "sampling_overlap": sampled["overlap"], "analysis": analysis["settings"],
+            "files": {name: storage.join(report, Path(path).name) for name, path in analysis["paths"].items()},
         }
         storage.write_json(str(local / "pipeline_manifest.json"), manifest)
         storage.write_text(str(local / "README.md"), _report_markdown(pcfg.report_title, local, timings, labels))
         write_html_report(local, pcfg.report_title, labels)
-        if storage.is_uri(report):
-            storage.upload_dir(local, report)
+        storage.publish_dir(local, report, args.storage_root)
     print(f"\n[pipeline] report: {storage.join(report, 'README.md')}  ({timings['total'] / 60:.1f} min)")
     return 0
 

@@ -46,7 +46,7 @@ def _main(cfg, args) -> int:
     if cfg.use_ray:
         cli.connect_ray()
     started = time.perf_counter()
-    report = build_from_config(cfg, extra_manifest={"config_full": to_dict(cfg), "versions": versions()})
+    report = build_from_config(cfg, extra_manifest={"versions": versions()}, run_info={"config_full": to_dict(cfg)})
     print(f"[data] wrote {report.out_dir} in {time.perf_counter() - started:.1f}s:")
     for split, info in report.files.items():
         print(f"  {split:24s} {info['rows']:6d} rows  sha256 {info['sha256'][:16]}")

@@ -40,17 +40,21 @@ def _main(args) -> int:
     if not names & ({n for n in MANIFESTS} | {"table1_accuracy.md", "table2_scaling.md"}):
         raise DataError(f"{folder}: no report outputs there (no table1_accuracy.md, table2_scaling.md or *_manifest.json); "
                         "run jobs/pipeline.py or jobs/analyze.py first, or pass --report with the folder they wrote")
+    # Only a report its job published completely (report.html aside: it is what this job replaces).
+    reason = storage.incomplete_reason(folder, ignore=("report.html",))
+    if reason:
+        raise DataError(f"{folder} is not a complete report: {reason}. Rerun the job that wrote it "
+                        "(jobs/pipeline.py, analyze.py, coverage.py, verifier.py or data_scaling.py)")
     title = args.title or _existing_title(storage.join(folder, "report.html")) or "GSM study: SFT and inference-time scaling"
-    if not storage.is_uri(folder):
-        path = write_html_report(folder, title)
-    else:
-        with tempfile.TemporaryDirectory(prefix="ray_app_report_") as tmp:
-            for f in files:  # only what the page reads: tables, plots, manifests
-                if f.endswith((".md", ".png", ".json")):
-                    Path(tmp, storage.basename(f)).write_bytes(storage.read_bytes(f))
-            storage.upload_file(write_html_report(tmp, title), storage.join(folder, "report.html"))
-        path = storage.join(folder, "report.html")
-    print(f"[report] done: {path}")
+    with tempfile.TemporaryDirectory(prefix="ray_app_report_") as tmp:
+        # The published files, the page rebuilt beside them, published again (other entries stay).
+        for rel in storage.read_marker(folder)["files"]:
+            if rel != "report.html":
+                Path(tmp, rel).parent.mkdir(parents=True, exist_ok=True)
+                Path(tmp, rel).write_bytes(storage.read_bytes(storage.join(folder, rel)))
+        write_html_report(tmp, title)
+        storage.publish_dir(tmp, folder, args.storage_root)
+    print(f"[report] done: {storage.join(folder, 'report.html')}")
     return 0
 
 

@@ -56,7 +56,7 @@ def _main(cfg, args) -> int:
     elif count_rows(cfg.resolved_train_file) is None:
         raise FileNotFoundError(f"training file {cfg.resolved_train_file} not found; check --train-file "
                                 "(relative paths are under the storage root)")
-    train_and_report(cfg)
+    train_and_report(cfg, root)
     return 0
 
 

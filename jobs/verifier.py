@@ -48,8 +48,9 @@ def _main(args) -> int:
         raise DataError("--bootstrap-resamples must be at least 100")
     samples, out = storage.under_root(args.storage_root, args.samples), storage.under_root(args.storage_root, args.out)
     df = read_samples(samples)
+    # Assembled locally, then published (storage.publish_dir): readers never see half of it.
     with tempfile.TemporaryDirectory(prefix="ray_app_verifier_") as tmp:
-        local = Path(out) if not storage.is_uri(out) else Path(tmp)
+        local = Path(tmp)
         result = write_verifier_report(df, local, args.bootstrap_resamples, args.seed)
         storage.write_json(str(local / "verifier_manifest.json"), {
             "samples": samples, "samples_sha256": hashlib.sha256(storage.read_bytes(samples)).hexdigest(),
@@ -58,8 +59,7 @@ def _main(args) -> int:
             "timings_s": {"total": round(time.perf_counter() - started, 1)}, "versions": versions(),
         })
         write_html_report(local, "The reward model as a verifier")
-        if storage.is_uri(out):
-            storage.upload_dir(local, out)
+        storage.publish_dir(local, out, args.storage_root)
     for line in describe_verifier(result["stats"]):
         print(f"[verifier] {line}")
     print(f"[verifier] done: {storage.join(out, 'report.html')} (and verifier.csv/.md/.png, verifier_manifest.json)")

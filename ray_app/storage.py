@@ -13,6 +13,10 @@ there is lost when the job ends.
 
 Remote files are read on a node by copying them into a node-local cache (`local_copy`), so code that
 needs a real path (tokenizers, `from_pretrained`, `datasets`) runs unchanged.
+
+Outputs are deleted only by `delete(path, root)`, which refuses anything not strictly inside the root.
+Folders that others read (exported models, report folders) are written by `publish_dir`: assembled
+locally, published whole with a `_COMPLETE.json` marker written last; readers check `is_complete`.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -207,14 +212,97 @@ def write_jsonl(path: str, rows) -> None:
     write_text(path, dumps_jsonl(rows))
 
 
-def delete(path: str) -> None:
-    """Remove a file or a whole folder/prefix; nothing happens when it is not there."""
+# ----------------------------------------------------------------------------------------------
+# Safe names, paths inside a root, deletes
+# ----------------------------------------------------------------------------------------------
+
+PLAIN_NAME_RULE = "letters, digits, '.', '_' and '-' only, not '.' or '..'"
+
+
+def is_plain_name(name: str | None) -> bool:
+    """A name that is one folder or file name and nothing else (run names, model labels)."""
+    return bool(name) and re.fullmatch(r"[A-Za-z0-9._-]+", name) is not None and name not in (".", "..")
+
+
+def normalize(path: str) -> str:
+    """A path or URI with '.', '..', repeated and trailing '/' resolved by their text (symlinks are not
+    followed here; `is_under` follows them). A URI whose '..' would climb above its bucket is an error."""
+    if not path:
+        raise StorageError("empty path")
+    if not is_uri(path):
+        return os.path.normpath(os.path.expanduser(path))
+    scheme, _, rest = path.partition("://")
+    bucket, _, key = rest.partition("/")
+    parts: list[str] = []
+    for segment in key.split("/"):
+        if segment == "..":
+            if not parts:
+                raise StorageError(f"'{path}' climbs above its bucket with '..'")
+            parts.pop()
+        elif segment not in ("", "."):
+            parts.append(segment)
+    if not bucket or bucket in (".", ".."):
+        raise StorageError(f"'{path}' names no bucket")
+    return f"{scheme.lower()}://{bucket}" + "".join("/" + p for p in parts)
+
+
+def _comparable(path: str, follow_last: bool = True) -> str:
+    """What `path` really names, for comparing with a root: URIs normalised; local paths absolute with
+    symlinks resolved (the last component too, unless `follow_last` is False and it is a link)."""
+    if is_uri(path):
+        return normalize(path)
+    p = os.path.expanduser(path)
+    if not os.path.isabs(p):
+        raise StorageError(f"'{path}' is a relative path (relative to the current directory, which a job does not own)")
+    if not follow_last and os.path.islink(p):
+        return os.path.join(os.path.realpath(os.path.dirname(p)), os.path.basename(p))
+    return os.path.realpath(p)
+
+
+def is_under(path: str | None, root: str | None, follow_last: bool = True) -> bool:
+    """True when `path` is strictly inside `root` ('..' and, for local paths, symlinks resolved; URIs
+    compared as normalised prefixes ending at a '/'). The root itself is not inside itself."""
+    if not path or not root or is_uri(path) != is_uri(root):
+        return False
+    try:
+        p, r = _comparable(str(path), follow_last), _comparable(str(root))
+    except StorageError:
+        return False
+    return p.startswith(r.rstrip("/") + "/") and p != r
+
+
+def delete(path: str, root: str) -> None:
+    """Remove a file or a whole folder/prefix strictly inside `root`; nothing happens when it is not there.
+
+    The one way outputs are deleted. `root` is the storage root (or, for a file a run keeps in its own
+    folder, that folder). Refused with a StorageError, before anything is removed: an empty path or
+    root, a relative local path, a path that is not strictly inside the root once '..' and symlinks
+    are resolved (for URIs: once normalised, with a '/' boundary, so s3://b/root2 is not inside
+    s3://b/root), and the root itself. A symlink inside the root is removed, never what it points to.
+    """
+    if not path or not root:
+        raise StorageError(f"refusing to delete {path!r} with storage root {root!r}: an empty path or root names no "
+                           "folder; check --storage-root and the option that gave this path")
+    if not is_under(path, root, follow_last=False):
+        fix = ("Deletes stay inside the root and never remove the root itself: pass a folder inside the root "
+               "(a relative --out-dir / --storage-path, a plain --run-name), or a --storage-root that contains it")
+        try:
+            real = _comparable(str(path), follow_last=False)
+        except StorageError as e:
+            raise StorageError(f"refusing to delete: {e}. {fix}") from None
+        raise StorageError(f"refusing to delete '{path}' (resolves to {real}): it is not strictly inside the storage "
+                           f"root '{root}'. {fix}")
+    _remove(normalize(path) if is_uri(path) else path)
+
+
+def _remove(path: str) -> None:
+    """Unchecked removal: only for `delete` (checked) and node-local scratch this module made."""
     if not is_uri(path):
         p = Path(path).expanduser()
-        if p.is_dir():
-            shutil.rmtree(p)
-        elif p.exists():
+        if p.is_symlink() or p.is_file():
             p.unlink()
+        elif p.is_dir():
+            shutil.rmtree(p)
         return
     import pyarrow.fs as pafs
 
@@ -225,22 +313,171 @@ def delete(path: str) -> None:
         fs.delete_dir(inner)
 
 
-def upload_dir(local_dir: str | os.PathLike, dest: str) -> None:
-    """Copy a local folder to `dest` (folder or URI), replacing what was there."""
-    local_dir = Path(local_dir)
-    if not is_uri(dest):
-        dest_path = Path(dest).expanduser()
-        tmp = dest_path.with_name(f".{dest_path.name}.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(local_dir, tmp)
-        shutil.rmtree(dest_path, ignore_errors=True)
-        os.replace(tmp, dest_path)
-        return
+# ----------------------------------------------------------------------------------------------
+# Atomic folder publishes: a completion marker written last
+# ----------------------------------------------------------------------------------------------
+
+MARKER = "_COMPLETE.json"
+
+
+def _local_files(folder: Path) -> dict[str, dict]:
+    """{relative path: {size, sha256}} of every file under a local folder (the marker left out)."""
+    from ray_app.utils.io import sha256_file
+
+    out = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        rel = path.relative_to(folder).as_posix()
+        if rel != MARKER:
+            out[rel] = {"size": path.stat().st_size, "sha256": sha256_file(path)}
+    return out
+
+
+def _sizes(folder: str) -> dict[str, int]:
+    """{relative path: size} of every file under a folder or prefix (one listing on object stores)."""
     import pyarrow.fs as pafs
 
-    delete(dest)
+    fs, inner = filesystem(folder)
+    infos = fs.get_file_info(pafs.FileSelector(inner, recursive=True, allow_not_found=True))
+    return {i.path[len(inner):].lstrip("/"): i.size for i in infos if i.type == pafs.FileType.File}
+
+
+def read_marker(folder: str) -> dict | None:
+    """The folder's completion marker, or None when it has none (or it cannot be parsed)."""
+    try:
+        marker = read_json(join(folder, MARKER))
+    except (FileNotFoundError, ValueError, UnicodeDecodeError):
+        return None
+    return marker if isinstance(marker, dict) and isinstance(marker.get("files"), dict) else None
+
+
+def incomplete_reason(folder: str, ignore: tuple[str, ...] = ()) -> str | None:
+    """None when `folder` was published completely (`publish_dir`): its marker is there and every file
+    it lists exists with the listed size. Else why not. `ignore`: files the caller is about to replace."""
+    marker = read_marker(folder)
+    if marker is None:
+        what = "does not exist" if not exists(folder) else f"has no {MARKER}"
+        return f"{folder} {what}: it was never published completely (still being written, or interrupted)"
+    sizes = _sizes(folder)
+    for rel, meta in sorted(marker["files"].items()):
+        if rel not in ignore and sizes.get(rel) != meta.get("size"):
+            got = "missing" if rel not in sizes else f"{sizes[rel]} bytes, the marker says {meta.get('size')}"
+            return f"{folder}/{rel} is {got}: the folder changed after it was published"
+    return None
+
+
+def is_complete(folder: str, ignore: tuple[str, ...] = ()) -> bool:
+    return incomplete_reason(folder, ignore) is None
+
+
+def _check_publish_dest(dest: str, root: str) -> str:
+    if not dest or not root:
+        raise StorageError(f"cannot publish to {dest!r} with storage root {root!r}: empty path")
+    clean = normalize(dest)
+    if not is_uri(dest) and not os.path.isabs(clean):
+        raise StorageError(f"cannot publish to '{dest}': a relative path (make it absolute or relative to the storage root)")
+    if is_uri(dest) and "/" not in clean.split("://", 1)[1]:
+        raise StorageError(f"cannot publish to '{dest}': that is a whole bucket; name a folder in it")
+    if is_uri(clean) == is_uri(root) and (is_under(root, clean) or _comparable(clean) == _comparable(root)):
+        raise StorageError(f"cannot publish to '{dest}': it is the storage root '{root}' or contains it; name a folder inside the root")
+    if not is_uri(dest) and os.path.dirname(clean) == clean:
+        raise StorageError(f"cannot publish to '{dest}': a filesystem root")
+    return clean
+
+
+def publish_dir(local_dir: str | os.PathLike, dest: str, root: str) -> dict:
+    """Publish a locally assembled folder to `dest` (a folder or URI) so that readers never see half of it.
+
+    A completion marker, `_COMPLETE.json` (every file's size and sha256, written_at), is written last;
+    readers check it (`is_complete`). Local roots: the files are copied into a hidden sibling folder,
+    the marker is written inside it, and it is switched into place by rename; the old version is moved
+    aside first and deleted only once the new one is in place. URIs: the old marker is deleted first,
+    then the old files it listed, the new files are uploaded, the marker last. Returns the marker.
+
+    A publish owns only what it lists: entries of `dest` that the previous marker does not list
+    (coverage/samples/, data_scaling/sft/, a verifier folder inside a coverage folder) are kept (on
+    local roots they move into the new folder before the switch). So it deletes nothing but its own
+    earlier files and its own temporary folders, bounded by `dest` and its parent, also for a `dest`
+    outside the storage root (an absolute --out the user chose). `dest` may not be the root `root` or
+    contain it. Files get the umask's permissions (the temporary folders they were made in may not).
+    """
+    import datetime
+    import secrets
+    import socket
+
+    local_dir = Path(local_dir)
+    if not local_dir.is_dir():
+        raise StorageError(f"cannot publish {local_dir}: not a folder")
+    dest = _check_publish_dest(dest, root)
+    files = _local_files(local_dir)
+    marker = {"files": files, "written_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "writer": {"host": socket.gethostname(), "pid": os.getpid()}}
+    if not is_uri(dest):
+        _publish_local(local_dir, Path(dest), marker, secrets.token_hex(4))
+    else:
+        _publish_uri(local_dir, dest, marker)
+    return marker
+
+
+def _owned(marker: dict | None) -> set[str]:
+    """Top-level names of a folder that its marker lists (what the publish that wrote it owns)."""
+    return {rel.split("/", 1)[0] for rel in (marker or {}).get("files", {})} | {MARKER}
+
+
+def _publish_local(local_dir: Path, dest: Path, marker: dict, token: str) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if dest.is_symlink() or (dest.exists() and not dest.is_dir()):
+        raise StorageError(f"cannot publish to {dest}: it exists and is not a folder; move it away or choose another folder")
+    new = dest.parent / f".{dest.name}.publish-{token}"
+    aside = dest.parent / f".{dest.name}.old-{token}"
+    kept: list[str] = []  # other writers' entries, moved into the new folder
+    try:
+        new.mkdir()
+        for rel in marker["files"]:  # copyfile, not copytree: permissions from the umask, not the temp folder's 0700
+            (new / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(local_dir / rel, new / rel)
+        write_json(str(new / MARKER), marker)  # last: the folder is complete from here on
+        if dest.is_dir():
+            ours = _owned(read_marker(str(dest))) | {rel.split("/", 1)[0] for rel in marker["files"]}
+            for entry in sorted(os.listdir(dest)):
+                if entry not in ours:
+                    os.rename(dest / entry, new / entry)
+                    kept.append(entry)
+            os.rename(dest, aside)
+        os.rename(new, dest)
+    except BaseException:
+        if aside.is_dir() and not dest.exists():
+            os.rename(aside, dest)  # the switch failed halfway: the old version goes back
+        for entry in kept:
+            if (new / entry).exists() and dest.is_dir():
+                os.rename(new / entry, dest / entry)
+        raise
+    finally:
+        for leftover in (new, aside):  # our copies, or the old version's own files: never other writers'
+            if leftover == new and any((new / entry).exists() for entry in kept):
+                continue  # could not move them back (a concurrent publish moved the folder): keep, never delete
+            if leftover.exists():
+                delete(str(leftover), str(dest.parent))
+
+
+def _publish_uri(local_dir: Path, dest: str, marker: dict) -> None:
+    import pyarrow.fs as pafs
+
+    old = read_marker(dest)
+    delete(join(dest, MARKER), dest)  # first: from here on readers see an incomplete folder
+    for rel in sorted((old or {}).get("files", {})):
+        if rel not in marker["files"]:
+            delete(join(dest, rel), dest)
     fs, inner = filesystem(dest)
-    pafs.copy_files(str(local_dir.resolve()), inner, destination_filesystem=fs)
+    for rel in marker["files"]:
+        pafs.copy_files(str((local_dir / rel).resolve()), f"{inner}/{rel}", destination_filesystem=fs)
+    write_json(join(dest, MARKER), marker)  # last
+
+
+def require_complete(folder: str, what: str, fix: str, ignore: tuple[str, ...] = ()) -> None:
+    """Raise a StorageError naming `folder` unless it was published completely."""
+    reason = incomplete_reason(folder, ignore)
+    if reason:
+        raise StorageError(f"{what} {folder} is not complete: {reason}. {fix}")
 
 
 def upload_file(local_file: str | os.PathLike, dest: str) -> None:
@@ -329,7 +566,7 @@ def check_root(root: str) -> None:
                     f"storage root {root}: bucket '{bucket}' does not exist{where}; create it or pass another --storage-root"
                 )
             write_bytes(probe, b"ok")
-            delete(probe)
+            delete(probe, root)
         except StorageError:
             raise
         except Exception as e:
@@ -338,7 +575,7 @@ def check_root(root: str) -> None:
     try:
         Path(root).mkdir(parents=True, exist_ok=True)
         write_bytes(probe, b"ok")
-        delete(probe)
+        delete(probe, root)
     except OSError as e:
         raise StorageError(f"storage root {root} cannot be written: {e}; pass another --storage-root") from None
 

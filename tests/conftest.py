@@ -8,7 +8,40 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
-GSM8K_TEST = SHARED / "data/gsm8k/test.jsonl"
+# The product ships GSM8K's test split (ray_app/data/gsm8k, MIT): no test needs ../shared for it.
+GSM8K_TEST = ROOT / "ray_app" / "data" / "gsm8k" / "test.jsonl"
+
+# What some tests read from the project's shared/ folder (beside the checkout in every developer's
+# and CI's workspace, never in a user's clone), and where else it can come from.
+SHARED_NEEDS = {
+    "data/gsm8k/train.jsonl": "GSM8K's train split (openai/grade-school-math, MIT) as JSONL",
+    "tokenizers/gemma-3": "the real Gemma 3 tokenizer (tokenizer.json + tokenizer_config.json; Hub: google/gemma-3-1b-it)",
+    "tokenizers/llama-3.1": "the real Llama 3.1 tokenizer (Hub: meta-llama/Llama-3.1-8B-Instruct)",
+    "schemas/kuberay": "KubeRay's RayCluster/RayJob CRDs (ray-operator/config/crd/bases of ray-project/kuberay)",
+}
+HUB_TOKENIZERS = {"tokenizers/gemma-3": "google/gemma-3-1b-it", "tokenizers/llama-3.1": "meta-llama/Llama-3.1-8B-Instruct"}
+
+
+def shared_path(rel: str, module_level: bool = False) -> Path:
+    """A path of ../shared that a test needs; when missing, skip saying exactly what to provide."""
+    path = SHARED / rel
+    if not path.exists():
+        pytest.skip(f"needs {SHARED_NEEDS.get(rel, rel)} at {path}: put the project's shared/ folder beside "
+                    "the checkout (CI has it)", allow_module_level=module_level)
+    return path
+
+
+def real_tokenizer(rel: str):
+    """A real tokenizer: ../shared's copy, else the Hub (cache or network), else skip naming both."""
+    from transformers import AutoTokenizer
+
+    if (SHARED / rel).exists():
+        return AutoTokenizer.from_pretrained(str(SHARED / rel))
+    try:
+        return AutoTokenizer.from_pretrained(HUB_TOKENIZERS[rel])
+    except Exception as e:  # offline, gated, not cached
+        pytest.skip(f"needs {SHARED_NEEDS[rel]}: put the project's shared/ folder beside the checkout (CI has it), "
+                    f"or make {HUB_TOKENIZERS[rel]} loadable from the Hub ({type(e).__name__})")
 
 # The Hub is unreachable here; fail fast instead of waiting on timeouts.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -35,9 +68,9 @@ def run_job(script: str, *args: str, timeout: int = 1800, check: bool = True, en
 
 @pytest.fixture(scope="session")
 def full_data(tmp_path_factory) -> Path:
-    """The real 4,500/100/100/100 build through Ray tasks (template instances cached across runs)."""
+    """The default 4,500/100/100/100 build (bundled GSM8K) through Ray tasks, as README's command makes it."""
     out = tmp_path_factory.mktemp("data")
-    run_job("prepare_data.py", "--out-dir", str(out), "--gsm8k-source", str(GSM8K_TEST), timeout=3000)
+    run_job("prepare_data.py", "--out-dir", str(out), timeout=3000)
     return out
 
 

@@ -182,7 +182,9 @@ def cluster_specs(obj: dict) -> dict:
     return obj["spec"] if obj["kind"] == "RayCluster" else obj["spec"]["rayClusterSpec"]
 
 
-needs_crds = pytest.mark.skipif(not CRD_DIR.is_dir(), reason=f"KubeRay CRDs not found in {CRD_DIR}")
+needs_crds = pytest.mark.skipif(not CRD_DIR.is_dir(), reason=f"needs KubeRay's RayCluster/RayJob CRDs (ray.io_rayclusters.yaml, "
+                                f"ray.io_rayjobs.yaml from ray-project/kuberay's ray-operator/config/crd/bases) in {CRD_DIR}: "
+                                "put the project's shared/ folder beside the checkout (CI has it)")
 
 
 @needs_crds

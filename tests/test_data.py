@@ -1,4 +1,5 @@
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,8 @@ from ray_app.data.gsm import (
     SPLITS,
     TEST_SPLITS,
     check_train_test_separation,
-    enumeration_cost,
+    _parse,
+    draw_instances,
     load_gsm8k_test,
     load_templates,
     normalized_text,
@@ -228,16 +230,41 @@ def test_bad_input_stops_the_job_and_keeps_existing_outputs(tmp_path):
 def test_no_gsm8k_source_says_both_options(monkeypatch):
     with pytest.raises(DataError) as err:
         load_gsm8k_test("openai/gsm8k")  # the Hub is unreachable here (offline)
-    assert "openai/gsm8k" in str(err.value) and "../shared/data/gsm8k/test.jsonl" in str(err.value)
+    assert "openai/gsm8k" in str(err.value) and "--gsm8k-source bundled" in str(err.value)
     with pytest.raises(DataError, match="neither an existing JSONL file nor 'openai/gsm8k'"):
         load_gsm8k_test("/no/such/file.jsonl")
 
 
-def test_slow_templates_are_scheduled_first():
-    # Measured here: template 410 alone enumerates for ~3.5 minutes, 930 and 737 for about a minute,
-    # most take well under a second. The cost estimate must rank them ahead of the cheap ones.
-    costs = {t.id_orig: enumeration_cost(t) for t in load_templates()}
-    assert len(costs) == 100 and sum(c > 0 for c in costs.values()) >= 50
-    ranked = sorted(costs, key=costs.get, reverse=True)
-    assert ranked[0] == 410 and {930, 737} <= set(ranked[:10])
-    assert costs[410] > 1000 * sorted(costs.values())[50]  # the median template is cheap
+def test_draws_meet_the_conditions_and_enumeration_takes_over_where_cheaper():
+    """Rejection sampling keeps only combinations the package's own enumeration lists as valid; where
+    acceptance is so low that n draws would cost more than enumerating, it enumerates."""
+    from random import Random
+
+    from multilingual_gsm_symbolic import load_replacements
+
+    templates = {t.id_orig: t for t in load_templates()}
+    replacements = load_replacements("eng")
+    for id_orig in (1239, 184, 1223):  # small enough to enumerate here: low, medium and higher acceptance
+        annotated = _parse(templates[id_orig])
+        valid = annotated._evaluate_constrained_init_lines(annotated.constrained_lines, replacements)
+        valid_keys = {tuple(sorted((k, repr(v)) for k, v in a.items())) for a in valid}
+        drawn = []
+        original = annotated._generate_question
+
+        def spy(replacements, rng, valid_combinations=None, unconstrained_choices=None):
+            drawn.extend(valid_combinations if len(valid_combinations) == 1 else [])
+            return original(replacements, rng, valid_combinations, unconstrained_choices)
+
+        annotated._generate_question = spy
+        questions, report = draw_instances(annotated, 40, Random(7), replacements)
+        assert len(questions) == 40 and report.combinations == math.prod(
+            len(c) for c in annotated._get_all_possible_assignments(annotated.constrained_lines, replacements).values())
+        if report.method == "rejection":
+            assert len(drawn) == 40 and all(tuple(sorted((k, repr(v)) for k, v in a.items())) in valid_keys for a in drawn)
+        again, _ = draw_instances(_parse(templates[id_orig]), 40, Random(7), replacements)
+        assert [q.question for q in again] == [q.question for q in questions]  # seeded
+    # Asking for more instances than acceptance makes affordable switches to enumeration (decided by counts).
+    annotated = _parse(templates[1239])
+    _, report = draw_instances(annotated, 100_000, Random(7), replacements)
+    assert report.method == "enumeration" and report.accepted == len(
+        annotated._evaluate_constrained_init_lines(annotated.constrained_lines, replacements))

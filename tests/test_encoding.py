@@ -8,10 +8,11 @@ from typing import Optional
 import pytest
 import torch
 
+from conftest import real_tokenizer, shared_path
+
 from ray_app.data.encoding import encode_function, load_and_prepare_train_dataset
 from ray_app.utils.io import DataError
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
 QUESTION = "Janet has 3 apples and buys 2 more. How many apples does she have?"
 ANSWER = "She has 3+2=<<3+2=5>>5 apples.\n#### 5"
 
@@ -27,9 +28,7 @@ EXPECTED_COMPLETION = " She has 3+2=5 apples.\nFinal answer: 5.<end_of_turn>\n<e
 
 @pytest.fixture(scope="module")
 def gemma_tokenizer():
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(SHARED / "tokenizers/gemma-3"))
+    return real_tokenizer("tokenizers/gemma-3")
 
 
 def _one(tokenizer, max_seq_length=None, question=QUESTION, answer=ANSWER):
@@ -95,7 +94,7 @@ def test_prompt_tokens_must_prefix_full_tokens():
 
 def test_real_gemma_encoding_matches_on_gsm8k_rows(gemma_tokenizer):
     """The prefix property holds for real GSM8K rows with the real tokenizer (no boundary merges)."""
-    rows = [json.loads(line) for line in (SHARED / "data/gsm8k/train.jsonl").read_text().splitlines()[:64]]
+    rows = [json.loads(line) for line in shared_path("data/gsm8k/train.jsonl").read_text().splitlines()[:64]]
     out = encode_function({"question": [r["question"] for r in rows], "answer": [r["answer"] for r in rows]}, gemma_tokenizer, 1024)
     assert len(out["input_ids"]) == 64
     for ids, labels in zip(out["input_ids"], out["labels"]):

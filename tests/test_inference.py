@@ -69,9 +69,11 @@ def test_sample_and_score_streams_and_resumes(full_data, tmp_path):
     run_job("sample.py", *[a if a != str(out) else str(rebatched) for a in args], "--questions-per-batch", "3", timeout=900)
     assert (rebatched / "samples.jsonl").read_bytes() == first_bytes
 
-    # Resume: a finished run generates nothing; a lost part is regenerated alone, nothing scored twice.
-    run_job("sample.py", *args, timeout=900)
-    assert json.loads((out / "sample_manifest.json").read_text())["scored_this_run"] == 0
+    # Resume: a finished run is reused (no reward model deployed, nothing generated); a lost part is
+    # regenerated alone, nothing scored twice.
+    proc = run_job("sample.py", *args, timeout=900)
+    assert "every (model, question) pair is already scored with these settings: reusing the 48 samples" in proc.stdout
+    assert "serving as Serve app" not in proc.stdout and (out / "samples.jsonl").read_bytes() == first_bytes
     lost = sorted((out / "parts").glob("*-small-*.jsonl"))[0]  # parts are named FINGERPRINT-LABEL-KEY
     lost_rows = len(lost.read_text().splitlines())
     lost.unlink()
@@ -96,6 +98,7 @@ def test_analyze_reads_real_samples(full_data, tmp_path):
 # ----------------------------------------------------------------------------------------------
 
 PORT = 8321
+APP = "reward-http-test"  # an app of its own: sampling runs on this cluster deploy theirs beside it
 
 
 @pytest.fixture(scope="module")
@@ -109,13 +112,13 @@ def serve_cluster(full_data):
 
     init_ray()
     path = resolve_model_path("tiny-llama-reward", corpus_file=str(full_data / "gsm_symbolic_train.jsonl"))
-    deploy_reward_model(ServeSettings(model_path=path, port=PORT, max_body_bytes=100_000, max_responses=64, num_cpus=0.5))
+    deploy_reward_model(ServeSettings(model_path=path, port=PORT, max_body_bytes=100_000, max_responses=64, num_cpus=0.5), APP)
     yield path
     serve.shutdown()
     ray.shutdown()
 
 
-URL = f"http://127.0.0.1:{PORT}/score"
+URL = f"http://127.0.0.1:{PORT}/{APP}/score"
 
 
 def test_http_good_request(serve_cluster):
@@ -166,12 +169,18 @@ def test_killed_reward_replica_loses_no_score(serve_cluster, full_data, tmp_path
     """A reward replica is killed while samples stream in; every sample still gets exactly one score."""
     import ray
 
-    from ray_app.config import SampleConfig
-    from ray_app.inference.sampling import run_sampling
+    from ray import serve
 
+    from ray_app.config import SampleConfig
+    from ray_app.inference.sampling import run_app_name, run_sampling
+    from ray_app.reward.serve_app import reward_app_name
+    from ray_app.utils.fingerprint import fingerprint
+
+    # 2 CPUs: the HTTP tests' app (0.5), this run's 2 replicas (0.25 each) and its generation actor (1).
     cfg = SampleConfig(models="small=tiny-gemma3-small", data_dir=str(full_data), limit=16, num_samples=4, max_new_tokens=40,
                        questions_per_batch=2, out_dir=str(tmp_path / "samples"), serve_port=PORT, reward_replicas=2,
-                       reward_num_cpus=0.5, reward_max_batch_size=8)
+                       reward_num_cpus=0.25, reward_max_batch_size=8)
+    run_app = run_app_name(cfg)  # the run's own Serve app
     result: dict = {}
     worker = threading.Thread(target=lambda: result.update(run_sampling(cfg, log=lambda *a: None)), daemon=True)
     worker.start()
@@ -180,7 +189,7 @@ def test_killed_reward_replica_loses_no_score(serve_cluster, full_data, tmp_path
     while time.time() < deadline and len(list(parts.glob("*.jsonl"))) < 2:
         time.sleep(0.2)
     replicas = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
-                if a["namespace"] == "serve" and "REPLICA" in a["name"].upper() and "RewardModel" in a["name"]]
+                if a["namespace"] == "serve" and "REPLICA" in a["name"].upper() and f"{run_app}#RewardModel" in a["name"]]
     assert len(replicas) == 2, replicas
     ray.kill(ray.get_actor(replicas[0], namespace="serve"), no_restart=True)
     killed_at = time.time()
@@ -190,3 +199,6 @@ def test_killed_reward_replica_loses_no_score(serve_cluster, full_data, tmp_path
     assert len(df) == 16 * 4 and df["reward"].notna().all()
     assert not df.duplicated(["model", "question_id", "sample_idx"]).any()
     assert (df["scored_at"] > killed_at).any(), "nothing was scored after the kill: the drill came too late"
+    assert result["reward_serving"]["app"] == run_app
+    apps = serve.status().applications
+    assert run_app not in apps and APP in apps, list(apps)  # the run deleted its own app and only it

@@ -5,12 +5,12 @@ from pathlib import Path
 import pytest
 from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoModelForSequenceClassification, AutoTokenizer
 
-from conftest import SHARED
+from conftest import real_tokenizer, shared_path
 from ray_app.generation import generate, stop_token_ids
 from ray_app.models.loading import count_loaded_parameters, freeze_non_language_modules, parameter_summary
 from ray_app.models.registry import MODEL_PRESETS, resolve_model_path
 
-CORPUS = SHARED / "data/gsm8k/train.jsonl"  # any GSM-style rows do for a tokenizer corpus
+CORPUS = shared_path("data/gsm8k/train.jsonl", module_level=True)  # any GSM-style rows do for a tokenizer corpus
 MESSAGES = [{"role": "user", "content": "What is 1+1?\n"}, {"role": "assistant", "content": "2"}]
 
 
@@ -42,7 +42,7 @@ def test_policy_loads_like_gemma3(built):
     # Same parameter count as the architecture the memory planner uses.
     assert sum(p.numel() for p in model.parameters()) == MODEL_PRESETS["tiny-gemma3-small"].arch.parameter_count()
     # Same special tokens and the same chat format as the real Gemma 3 tokenizer.
-    real = AutoTokenizer.from_pretrained(str(SHARED / "tokenizers/gemma-3"))
+    real = real_tokenizer("tokenizers/gemma-3")
     for attr in ("bos_token", "eos_token", "pad_token"):
         assert getattr(tok, attr) == getattr(real, attr)
     assert tok.apply_chat_template(MESSAGES, tokenize=False) == real.apply_chat_template(MESSAGES, tokenize=False)
@@ -63,7 +63,7 @@ def test_large_policy_is_multimodal_like_gemma3_4b(built):
     vision = sum(p.numel() for n, p in model.named_parameters() if "vision_tower" in n or "multi_modal_projector" in n)
     assert vision == arch.vision_parameter_count() > 0
     assert sum(p.numel() for p in model.parameters()) == arch.parameter_count() + arch.vision_parameter_count()
-    real = AutoTokenizer.from_pretrained(str(SHARED / "tokenizers/gemma-3"))
+    real = real_tokenizer("tokenizers/gemma-3")
     for attr in ("boi_token", "eoi_token", "image_token", "bos_token", "eos_token", "pad_token"):
         assert getattr(tok, attr) == getattr(real, attr), attr
     assert model.config.image_token_index == tok.convert_tokens_to_ids(tok.image_token)
@@ -113,7 +113,7 @@ def test_reward_model_loads_like_skywork_llama(built):
     assert type(model).__name__ == "LlamaForSequenceClassification" and model.config.num_labels == 1
     assert model.config.pad_token_id == tok.pad_token_id is not None
     assert sum(p.numel() for p in model.parameters()) == MODEL_PRESETS["tiny-llama-reward"].arch.parameter_count()
-    real = AutoTokenizer.from_pretrained(str(SHARED / "tokenizers/llama-3.1"))
+    real = real_tokenizer("tokenizers/llama-3.1")
     assert tok.apply_chat_template(MESSAGES, tokenize=False) == real.apply_chat_template(MESSAGES, tokenize=False)
     # Its tokenizer is its own: the policy's token ids mean nothing to it.
     policy = AutoTokenizer.from_pretrained(built[0]["tiny-gemma3-small"])

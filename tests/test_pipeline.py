@@ -2,6 +2,7 @@
 
 import csv
 import json
+import time
 
 import pytest
 
@@ -11,9 +12,21 @@ from conftest import run_job
 pytestmark = pytest.mark.slow
 
 
-def test_default_pipeline_leaves_the_report(full_data, tmp_path):
-    out = tmp_path / "study"
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    """README's main command (the default pipeline) into a folder of its own, timed."""
+    out = tmp_path_factory.mktemp("pipeline") / "study"
+    started = time.perf_counter()
     proc = run_job("pipeline.py", "--out-dir", str(out), timeout=3000)
+    return out, proc, time.perf_counter() - started
+
+
+def _tables(report) -> dict:
+    return {p.name: p.read_bytes() for p in sorted(report.glob("table*"))}
+
+
+def test_default_pipeline_leaves_the_report(study):
+    out, proc, _ = study
     report = out / "report"
     assert f"[pipeline] report: {report}/README.md" in proc.stdout
     for name in ("table1_accuracy.csv", "table1_accuracy.md", "table1_differences.csv", "table2_scaling.csv", "table2_scaling.md",
@@ -57,3 +70,50 @@ def test_default_pipeline_leaves_the_report(full_data, tmp_path):
     sft_manifest = json.loads((out / "sft" / "sft-tiny-gemma3-small" / "run_manifest.json").read_text())
     losses = [h["loss"] for h in sft_manifest["log_history"] if "loss" in h]
     assert losses[-1] < losses[0] / 2
+
+
+def test_rerun_reuses_every_stage(study):
+    """README's main command again, same settings: every stage reused, the same tables, a fraction of
+    the time, and no Ray started."""
+    out, first, first_seconds = study
+    tables = _tables(out / "report")
+    started = time.perf_counter()
+    proc = run_job("pipeline.py", "--out-dir", str(out), timeout=1200)
+    seconds = time.perf_counter() - started
+    print(f"\npipeline: first run {first_seconds:.0f}s, rerun {seconds:.0f}s ({seconds / first_seconds:.1%})")
+    log = proc.stdout
+    assert "[data] reusing the data sets in" in log
+    assert log.count("[sft] reusing the finished run") == 2
+    assert log.count("[eval]") >= 4 and log.count("reusing 120 greedy answers") == 4
+    assert "[sample] every (model, question) pair is already scored" in log
+    assert "[ray] started" not in log and "[ray] connected" not in log
+    assert _tables(out / "report") == tables
+    assert seconds < 0.2 * first_seconds
+
+
+def test_changed_settings_redo_only_what_they_affect(study):
+    out, _, _ = study
+    small_sft = out / "sft" / "sft-tiny-gemma3-small" / "final_model" / "train_summary.json"
+    large_sft = out / "sft" / "sft-tiny-gemma3-large" / "final_model" / "train_summary.json"
+    eval_parts = sorted(p.name for p in (out / "eval" / "parts").iterdir())
+    large_before, small_before = large_sft.read_bytes(), json.loads(small_sft.read_text())
+
+    # Another temperature: sampling and analysis again; both SFT runs and all four evaluations reused.
+    proc = run_job("pipeline.py", "--out-dir", str(out), "--temperature", "0.9", timeout=1800)
+    log = proc.stdout
+    assert log.count("[sft] reusing the finished run") == 2 and log.count("reusing 120 greedy answers") == 4
+    assert "[pipeline] sampling settings changed (temperature: 0.7 -> 0.9): sampling again" in log
+    assert json.loads((out / "samples" / "sampling_config.json").read_text())["settings"]["temperature"] == 0.9
+    assert json.loads((out / "report" / "pipeline_manifest.json").read_text())["config"]["sample"]["temperature"] == 0.9
+
+    # A longer small SFT: it trains on from its checkpoint; what uses that model is redone, the rest reused.
+    steps = small_before["global_step"] + 10
+    proc = run_job("pipeline.py", "--out-dir", str(out), "--temperature", "0.9", "--small-max-steps", str(steps), timeout=1800)
+    log = proc.stdout
+    assert log.count("[sft] reusing the finished run") == 1 and "sft-tiny-gemma3-large" in log.split("[sft] reusing the finished run")[1]
+    assert json.loads(small_sft.read_text())["global_step"] == steps and large_sft.read_bytes() == large_before
+    assert log.count("reusing 120 greedy answers") == 3 and "[eval] small-sft: 120 greedy answers in" in log
+    new_parts = sorted(p.name for p in (out / "eval" / "parts").iterdir())
+    assert len(new_parts) == len(eval_parts) + 1
+    manifest = json.loads((out / "samples" / "sample_manifest.json").read_text())
+    assert f":step{steps}" in manifest["settings"]["models"]["small-sft"]

@@ -3,6 +3,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import GSM8K_TEST
+
 from ray_app.data.prompts import (
     ANSWER_PREFIX,
     build_gsm_prompt,
@@ -14,7 +16,6 @@ from ray_app.data.prompts import (
     reasoning_from_gsm_answer,
 )
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
 
 
 def test_prompt_is_the_course_text():
@@ -81,9 +82,9 @@ def test_normalize_number(raw, expected):
     assert normalize_number(raw) == expected
 
 
-def test_gsm8k_golds_from_shared_test_split():
+def test_gsm8k_golds_from_the_bundled_test_split():
     """Every GSM8K test answer yields its '#### N' gold, and extract_answer agrees with it."""
-    rows = [json.loads(line) for line in (SHARED / "data/gsm8k/test.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in GSM8K_TEST.read_text().splitlines()]
     assert len(rows) == 1319
     for row in rows:
         raw = row["answer"].split("####")[-1].strip()

@@ -14,11 +14,12 @@ import time
 
 import pytest
 
-from conftest import GSM8K_TEST, ROOT, SHARED, free_port
+from conftest import GSM8K_TEST, ROOT, free_port, shared_path
 
 pytestmark = pytest.mark.slow
 
 MAX_REPLICAS = 3
+APP_NAME = "reward-autoscaling-test"
 
 
 def _replica_states(app: str, deployment: str) -> dict:
@@ -59,10 +60,10 @@ def test_reward_replicas_scale_up_under_sampler_load_and_back(tmp_path):
 
     from ray_app.config import SampleConfig
     from ray_app.inference.sampling import _score_and_write, reward_target_ongoing_requests
-    from ray_app.reward.serve_app import APP_NAME, DEPLOYMENT_NAME, ServeSettings, autoscaling_config, deploy_reward_model
+    from ray_app.reward.serve_app import DEPLOYMENT_NAME, ServeSettings, autoscaling_config, deploy_reward_model
 
     corpus = tmp_path / "corpus.jsonl"  # the embedded reward model's tokenizer is built from GSM rows
-    corpus.write_text("".join((SHARED / "data/gsm8k/train.jsonl").read_text().splitlines(keepends=True)[:3000]))
+    corpus.write_text("".join(shared_path("data/gsm8k/train.jsonl").read_text().splitlines(keepends=True)[:3000]))
     cfg = SampleConfig(reward_autoscaling=True, reward_max_replicas=MAX_REPLICAS, reward_num_cpus=0.5,
                        reward_upscale_delay_s=2.0, reward_downscale_delay_s=5.0)
     in_flight = cfg.reward_max_in_flight  # the sampler's thread pool: 8 requests in flight at most
@@ -85,7 +86,7 @@ def test_reward_replicas_scale_up_under_sampler_load_and_back(tmp_path):
     handle = None
     try:
         started = time.time()
-        handle = deploy_reward_model(settings, blocking_timeout_s=180)
+        handle = deploy_reward_model(settings, APP_NAME, blocking_timeout_s=180)
         timeline = [(0.0, _replica_states(APP_NAME, DEPLOYMENT_NAME))]
         before = timeline[0][1].get("RUNNING", 0)
         assert before == 1, timeline

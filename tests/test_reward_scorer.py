@@ -5,17 +5,18 @@ import random
 
 import pytest
 
-from conftest import SHARED
+from conftest import shared_path
 from ray_app.models.registry import resolve_model_path
 from ray_app.reward.scorer import RewardScorer, common_prefix_length, length_chunks
 
-ROWS = [json.loads(line) for line in (SHARED / "data/gsm8k/train.jsonl").read_text().splitlines()[:40]]
+GSM8K_TRAIN = shared_path("data/gsm8k/train.jsonl", module_level=True)
+ROWS = [json.loads(line) for line in GSM8K_TRAIN.read_text().splitlines()[:40]]
 
 
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory):
     corpus = tmp_path_factory.mktemp("corpus") / "train.jsonl"
-    corpus.write_text("".join((SHARED / "data/gsm8k/train.jsonl").read_text().splitlines(keepends=True)[:3000]))
+    corpus.write_text("".join(GSM8K_TRAIN.read_text().splitlines(keepends=True)[:3000]))
     return resolve_model_path("tiny-llama-reward", str(corpus), str(tmp_path_factory.mktemp("models")))
 
 

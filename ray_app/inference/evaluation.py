@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import time
 from dataclasses import asdict
 
@@ -41,6 +42,9 @@ def question_rows(data_dir: str, splits: list[str], limit: int | None) -> list[d
 def generation_actor_gpus(cfg: GenerationConfig, log=print) -> float:
     """GPUs per generation actor (as asked, else one where the cluster has GPUs or its autoscaler can add
     them), once the cluster can hold `actors_per_model` such actors (or a clear error: resources.py)."""
+    from ray_app.utils.ray_init import ensure_connected
+
+    ensure_connected(log)
     num_gpus = cfg.num_gpus_per_actor if cfg.num_gpus_per_actor is not None else (1.0 if gpus_reachable() else 0.0)
     wait_for_resources([{"CPU": 1, "GPU": num_gpus}] * cfg.actors_per_model, cfg.resource_wait_s, "generation actors",
                        hint="--num-gpus-per-actor, --actors-per-model", log=log)
@@ -114,6 +118,12 @@ def table1_differences(predictions, resamples: int = 2000, seed: int = 0):
     return pd.DataFrame(rows, columns=["comparison", "test_set", "difference", "ci_low", "ci_high", "questions"])
 
 
+def model_eval_settings(cfg: EvalConfig, label: str, model: str, splits: list[str], data_sha: str | None) -> dict:
+    """What decides one model's greedy answers (how the work is spread does not)."""
+    return {"label": label, "model": model_identity(model), "datasets": splits, "limit": cfg.limit,
+            "max_new_tokens": cfg.max_new_tokens, "data_manifest_sha256": data_sha, "decoding": "greedy"}
+
+
 def run_evaluation(cfg: EvalConfig, log=print) -> dict:
     import pandas as pd
 
@@ -121,18 +131,32 @@ def run_evaluation(cfg: EvalConfig, log=print) -> dict:
     splits = [s.strip() for s in cfg.datasets.split(",") if s.strip()]
     rows = question_rows(cfg.data_dir, splits, cfg.limit)
     corpus = storage.join(cfg.data_dir, "gsm_symbolic_train.jsonl")
-    num_gpus = generation_actor_gpus(cfg, log)
-    frames, seconds = [], {}
-    for label, model in parse_model_specs(cfg.models):
-        t = time.perf_counter()
-        ds = generate_with_actors(rows, label, model, corpus, {"max_new_tokens": cfg.max_new_tokens, "batch_size": cfg.batch_size},
-                                  cfg.batch_size, cfg.actors_per_model, num_gpus)
-        frame = ds.to_pandas()
-        frames.append(frame)
-        seconds[label] = time.perf_counter() - t
-        log(f"[eval] {label}: {len(frame)} greedy answers in {seconds[label]:.0f}s, accuracy {100 * frame['correct'].mean():.1f}%")
-    predictions = pd.concat(frames, ignore_index=True).sort_values(["model", "dataset", "question_id"], kind="stable")
     out = cfg.out_dir
+    num_gpus = None  # asked of the cluster only when a model has to generate
+    frames, seconds, reused = [], {}, []
+    data_sha = manifest_sha256(cfg.data_dir)
+    for label, model in parse_model_specs(cfg.models):
+        # One part per model, named by what decides its answers: a rerun reuses every model whose part is
+        # there (an unchanged model), and regenerates only the others (a retrained one, a new limit).
+        part = storage.join(out, "parts", f"{label}-{fingerprint(model_eval_settings(cfg, label, model, splits, data_sha))}.parquet")
+        if storage.exists(part):
+            frame = pd.read_parquet(storage.local_copy(part))
+            reused.append(label)
+            log(f"[eval] {label}: reusing {len(frame)} greedy answers from {part} (same model, questions and budget)")
+        else:
+            t = time.perf_counter()
+            if num_gpus is None:
+                num_gpus = generation_actor_gpus(cfg, log)
+            ds = generate_with_actors(rows, label, model, corpus, {"max_new_tokens": cfg.max_new_tokens, "batch_size": cfg.batch_size},
+                                      cfg.batch_size, cfg.actors_per_model, num_gpus)
+            frame = ds.to_pandas().sort_values(["dataset", "question_id"], kind="stable").reset_index(drop=True)
+            buffer = io.BytesIO()
+            frame.to_parquet(buffer, index=False)
+            storage.write_bytes(part, buffer.getvalue())
+            seconds[label] = time.perf_counter() - t
+            log(f"[eval] {label}: {len(frame)} greedy answers in {seconds[label]:.0f}s, accuracy {100 * frame['correct'].mean():.1f}%")
+        frames.append(frame)
+    predictions = pd.concat(frames, ignore_index=True).sort_values(["model", "dataset", "question_id"], kind="stable")
     predictions = predictions.drop(columns=["sample_idx", "generation_started_at", "generated_at"])
     predictions["final_answer_format"] = predictions["response"].map(has_final_answer_line)
     storage.write_jsonl(storage.join(out, "predictions.jsonl"), predictions.to_dict(orient="records"))
@@ -149,7 +173,8 @@ def run_evaluation(cfg: EvalConfig, log=print) -> dict:
                 "limit": cfg.limit, "max_new_tokens": cfg.max_new_tokens,
                 "data_manifest_sha256": manifest_sha256(cfg.data_dir)}
     summary = {"config": asdict(cfg), "settings": settings, "config_fingerprint": fingerprint(settings), "rows": len(predictions),
-               "seconds": {**seconds, "total": time.perf_counter() - started}, "num_gpus_per_actor": num_gpus, "versions": versions()}
+               "reused_models": reused, "seconds": {**seconds, "total": time.perf_counter() - started},
+               "num_gpus_per_actor": num_gpus, "versions": versions()}
     storage.write_json(storage.join(out, "eval_manifest.json"), summary)
     log(to_markdown(pretty))
     if len(diffs):

@@ -79,11 +79,13 @@ def _score_and_write(handle, batch, parts_dir: str, fp: str, retries: int, log) 
     return len(batch), attempt
 
 
-def gather_parts(parts_dir: str, num_samples: int, expected: dict[str, set[str]], fp: str):
-    """This run's part files as one frame, checked: exactly N scored samples per expected question."""
+def gather_parts(parts_dir: str, num_samples: int, expected: dict[str, set[str]], model_fps: dict[str, str]):
+    """This run's part files (each model's, by its fingerprint) as one frame, checked: exactly N scored
+    samples per expected question."""
     import pandas as pd
 
-    rows = [row for part in _parts(parts_dir, fp) for row in _read_part(part)]
+    rows = [row for label, fp in model_fps.items() for part in _parts(parts_dir, fp) for row in _read_part(part)
+            if row["model"] == label]
     df = pd.DataFrame(rows)
     dup = df.duplicated(["model", "question_id", "sample_idx"])
     if dup.any():
@@ -99,10 +101,18 @@ def gather_parts(parts_dir: str, num_samples: int, expected: dict[str, set[str]]
     return df.sort_values(["model", "dataset", "question_id", "sample_idx"], kind="stable").reset_index(drop=True)
 
 
-def run_sampling(cfg: SampleConfig, log=print) -> dict:
-    from ray import serve
+def run_sampling(cfg: SampleConfig, root: str | None = None, log=print) -> dict:
+    """Sample and score into cfg.out_dir (see the module docstring), holding that folder's run lock
+    (utils/run_lock.py) so a second run into it stops naming this one. `root` is the storage root,
+    the only place --fresh-run deletes in: without it, --fresh-run is refused."""
+    from ray_app.utils.run_lock import run_lock
 
-    from ray_app.reward.serve_app import APP_NAME, ServeSettings, autoscaling_config, deploy_reward_model
+    with run_lock(cfg.out_dir, "samples folder", log=log):
+        return _run_sampling(cfg, root, log)
+
+
+def _run_sampling(cfg: SampleConfig, root: str | None, log) -> dict:
+    from ray_app.reward.serve_app import ServeSettings, autoscaling_config, serving_reward_model
 
     started, started_at = time.perf_counter(), time.time()
     out = cfg.out_dir
@@ -114,13 +124,32 @@ def run_sampling(cfg: SampleConfig, log=print) -> dict:
     corpus = storage.join(cfg.data_dir, "gsm_symbolic_train.jsonl")
     if cfg.fresh_run and storage.exists(out):
         log(f"[sample] --fresh-run: deleting earlier samples in {out}")
-        storage.delete(out)
+        if root is None:
+            raise storage.StorageError(f"--fresh-run would delete {out}, but no storage root was given to keep the "
+                                       "delete inside: pass run_sampling(cfg, root)")
+        storage.delete(out, root)
     generation = sampling_settings(cfg)
-    fp = check_or_record(storage.join(out, "sampling_config.json"), generation, "Sampling output", "--fresh-run")
-    done = finished_questions(parts_dir, cfg.num_samples, fp)
+    fp = check_or_record(storage.join(out, "sampling_config.json"), sampling_config_settings(cfg), "Sampling output", "--fresh-run")
+    # Each model's parts carry its own fingerprint (these settings + its identity): a model that changed
+    # (retrained, trained longer) is sampled again; the others' samples are reused.
+    model_fps = {label: model_fingerprint(fp, label, identity) for label, identity in generation["models"].items()}
+    done = {pair for label, mfp in model_fps.items() for pair in finished_questions(parts_dir, cfg.num_samples, mfp) if pair[0] == label}
+    expected = {label: {r["question_id"] for r in rows} for label, _ in specs}
+    all_done = all((label, q) in done for label, qids in expected.items() for q in qids)
+    # (--keep-serving asks for the endpoint itself, so it deploys even then.)
+    reused = _reusable_manifest(out, generation, expected, cfg.num_samples) if all_done and not cfg.keep_serving else None
+    if reused is not None:
+        log(f"[sample] every (model, question) pair is already scored with these settings: reusing the "
+            f"{reused['rows']} samples in {storage.join(out, 'samples.parquet')} (no reward model deployed)")
+        import pandas as pd
+
+        return {"samples": pd.read_parquet(storage.local_copy(storage.join(out, "samples.parquet"))), **reused, "reused": True}
     if done:
         log(f"[sample] resuming: {len(done)} (model, question) pairs already scored in {parts_dir}")
 
+    from ray_app.utils.ray_init import ensure_connected
+
+    ensure_connected(log)
     t = time.perf_counter()
     settings = ServeSettings(
         model_path=cfg.reward_model, corpus_file=corpus, num_replicas=cfg.reward_replicas,
@@ -134,36 +163,18 @@ def run_sampling(cfg: SampleConfig, log=print) -> dict:
 
     wait_for_resources([{"CPU": cfg.reward_num_cpus, "GPU": cfg.reward_num_gpus}] * cfg.reward_replicas, cfg.resource_wait_s,
                        "reward replicas", hint="--reward-num-cpus, --reward-num-gpus, --reward-replicas", log=log)
-    handle = deploy_reward_model(settings)
-    seconds = {"deploy_reward_model": time.perf_counter() - t}
-    log(f"[sample] reward model {cfg.reward_model} serving on http://{cfg.serve_host}:{cfg.serve_port}/score")
+    # This run's own Serve app and route (named after its folder and settings): a concurrent run on the
+    # same cluster deploys its own, and the app is deleted when sampling ends, however it ends.
+    app_name = run_app_name(cfg)
+    seconds: dict[str, float] = {}
+    with serving_reward_model(settings, app_name, keep=cfg.keep_serving, log=log) as reward:
+        seconds["deploy_reward_model"] = time.perf_counter() - t
+        log(f"[sample] reward model {cfg.reward_model} serving as Serve app {reward.name} on "
+            f"{reward.url or '(Serve runs without an HTTP proxy)'}")
+        scored, retried = _generate_and_score(cfg, reward.handle, rows, specs, done, corpus, parts_dir, model_fps, seconds, log)
+        stats = reward.handle.stats.remote().result()
 
-    num_gpus = generation_actor_gpus(cfg, log)
-    actor_args = {"max_new_tokens": cfg.max_new_tokens, "batch_size": cfg.questions_per_batch, "num_samples": cfg.num_samples,
-                  "do_sample": True, "temperature": cfg.temperature, "top_p": cfg.top_p, "seed": cfg.seed}
-    scored = retried = 0
-    # At most reward_max_in_flight scoring requests at once: the load the autoscaling target is set for.
-    with ThreadPoolExecutor(max_workers=cfg.reward_max_in_flight, thread_name_prefix="score") as pool:
-        futures = []
-        for label, model in specs:
-            todo = [r for r in rows if (label, r["question_id"]) not in done]
-            if not todo:
-                continue
-            t = time.perf_counter()
-            ds = generate_with_actors(todo, label, model, corpus, actor_args,
-                                      cfg.questions_per_batch, cfg.actors_per_model, num_gpus)
-            for batch in ds.iter_batches(batch_size=None, batch_format="pandas"):
-                futures.append(pool.submit(_score_and_write, handle, batch, parts_dir, fp, cfg.score_retries, log))
-            seconds[f"generate_{label}"] = time.perf_counter() - t
-            log(f"[sample] {label}: {len(todo)} questions x {cfg.num_samples} samples generated in {seconds[f'generate_{label}']:.0f}s")
-        for f in futures:
-            n, retries_used = f.result()
-            scored, retried = scored + n, retried + retries_used
-    stats = handle.stats.remote().result()
-    if not cfg.keep_serving:
-        serve.delete(APP_NAME)
-
-    df = gather_parts(parts_dir, cfg.num_samples, {label: {r["question_id"] for r in rows} for label, _ in specs}, fp)
+    df = gather_parts(parts_dir, cfg.num_samples, expected, model_fps)
     import io
 
     # The samples files hold what the settings decide, so the same command gives the same bytes;
@@ -185,11 +196,15 @@ def run_sampling(cfg: SampleConfig, log=print) -> dict:
         }
         overlap["first_score_before_last_generation"] = overlap["first_score_at"] < overlap["last_generation_finished_at"]
     seconds["total"] = time.perf_counter() - started
-    manifest = {"config": asdict(cfg), "settings": generation, "config_fingerprint": fp, "rows": len(df), "scored_this_run": scored, "score_retries_used": retried, "resumed_pairs": len(done),
+    manifest = {"config": asdict(cfg), "settings": generation, "config_fingerprint": fp, "model_fingerprints": model_fps,
+                "rows": len(df), "scored_this_run": scored, "score_retries_used": retried, "resumed_pairs": len(done),
                 "overlap": overlap, "reward_batching": stats,
-                "reward_serving": {"max_in_flight": cfg.reward_max_in_flight, "num_replicas": settings.num_replicas,
+                "reward_serving": {**reward.manifest(), "reward_model": cfg.reward_model,
+                                   "reward_model_identity": model_identity(cfg.reward_model), "kept": cfg.keep_serving,
+                                   "max_in_flight": cfg.reward_max_in_flight, "num_replicas": settings.num_replicas,
                                    "autoscaling_config": autoscaling_config(settings)},
                 "seconds": seconds, "versions": versions(),
+                "questions": {label: sorted(q) for label, q in expected.items()},
                 "schema": {"samples": SAMPLE_COLUMNS, "sample_timings": ["model", "question_id", "sample_idx"] + TIMING_COLUMNS}}
     storage.write_json(storage.join(out, "sample_manifest.json"), manifest)
     log(f"[sample] done: {len(df)} samples ({scored} scored now) -> {storage.join(out, 'samples.parquet')} (and samples.jsonl, sample_timings.jsonl, sample_manifest.json)")
@@ -198,6 +213,40 @@ def run_sampling(cfg: SampleConfig, log=print) -> dict:
         log(f"[sample] overlap: first score {overlap['first_score_at'] - t0:.1f}s after generation began; "
             f"last generation finished at {overlap['last_generation_finished_at'] - t0:.1f}s")
     return {"samples": df, **manifest}
+
+
+def _generate_and_score(cfg: SampleConfig, handle, rows: list[dict], specs: list[tuple[str, str]], done: set,
+                        corpus: str, parts_dir: str, model_fps: dict[str, str], seconds: dict, log) -> tuple[int, int]:
+    """Generate the questions not yet done and score each batch through `handle` as it comes out;
+    returns (samples scored, scoring retries used). On an error or Ctrl-C, batches not yet sent are
+    dropped (they are not in a part file, so a rerun does them) instead of being scored first."""
+    num_gpus = generation_actor_gpus(cfg, log)
+    actor_args = {"max_new_tokens": cfg.max_new_tokens, "batch_size": cfg.questions_per_batch, "num_samples": cfg.num_samples,
+                  "do_sample": True, "temperature": cfg.temperature, "top_p": cfg.top_p, "seed": cfg.seed}
+    scored = retried = 0
+    # At most reward_max_in_flight scoring requests at once: the load the autoscaling target is set for.
+    with ThreadPoolExecutor(max_workers=cfg.reward_max_in_flight, thread_name_prefix="score") as pool:
+        futures = []
+        try:
+            for label, model in specs:
+                todo = [r for r in rows if (label, r["question_id"]) not in done]
+                if not todo:
+                    continue
+                t = time.perf_counter()
+                ds = generate_with_actors(todo, label, model, corpus, actor_args,
+                                          cfg.questions_per_batch, cfg.actors_per_model, num_gpus)
+                for batch in ds.iter_batches(batch_size=None, batch_format="pandas"):
+                    futures.append(pool.submit(_score_and_write, handle, batch, parts_dir, model_fps[label], cfg.score_retries, log))
+                seconds[f"generate_{label}"] = time.perf_counter() - t
+                log(f"[sample] {label}: {len(todo)} questions x {cfg.num_samples} samples generated in {seconds[f'generate_{label}']:.0f}s")
+            for f in futures:
+                n, retries_used = f.result()
+                scored, retried = scored + n, retried + retries_used
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            raise
+    return scored, retried
 
 
 def reward_target_ongoing_requests(cfg: SampleConfig) -> int:
@@ -215,11 +264,47 @@ def load_manifest(out_dir: str) -> dict:
 
 
 def sampling_settings(cfg: SampleConfig) -> dict:
-    """What decides the samples and their rewards. Left out: which questions (--limit only adds or
-    skips questions) and how the work is spread (actors, batch sizes, replicas, ports)."""
+    """What decides the samples and their rewards: the folder's settings (`sampling_config_settings`)
+    and each model's identity."""
+    return {"models": {label: model_identity(model) for label, model in parse_model_specs(cfg.models)},
+            **sampling_config_settings(cfg)}
+
+
+def sampling_config_settings(cfg: SampleConfig) -> dict:
+    """What a samples folder is bound to (sampling_config.json; a rerun with other values is refused).
+    Left out: which models (each model's parts carry its own fingerprint, `model_fingerprint`), which
+    questions (--limit only adds or skips questions) and how the work is spread (actors, batch sizes,
+    replicas, ports)."""
     return {
-        "models": {label: model_identity(model) for label, model in parse_model_specs(cfg.models)},
         "dataset": cfg.dataset, "num_samples": cfg.num_samples, "temperature": cfg.temperature, "top_p": cfg.top_p,
         "seed": cfg.seed, "seeding": "per question: sha256(seed:label:question_id)", "max_new_tokens": cfg.max_new_tokens, "reward_model": model_identity(cfg.reward_model),
         "data_manifest_sha256": manifest_sha256(cfg.data_dir),
     }
+
+
+def model_fingerprint(config_fp: str, label: str, identity: str) -> str:
+    """What one model's part files are named by: the folder's settings, its label and its identity."""
+    from ray_app.utils.fingerprint import fingerprint
+
+    return fingerprint({"sampling_config": config_fp, "label": label, "model": identity})
+
+
+def run_app_name(cfg: SampleConfig) -> str:
+    """The Serve app a sampling run deploys its reward model as (named after its folder and settings)."""
+    from ray_app.reward.serve_app import reward_app_name
+    from ray_app.utils.fingerprint import fingerprint
+
+    return reward_app_name(cfg.out_dir, fingerprint(sampling_config_settings(cfg)))
+
+
+def _reusable_manifest(out: str, settings: dict, expected: dict[str, set[str]], num_samples: int) -> dict | None:
+    """The folder's sample manifest when it already holds exactly these settings' samples for these
+    models and questions (a rerun with nothing to do); else None."""
+    path = storage.join(out, "sample_manifest.json")
+    if not (storage.exists(path) and storage.exists(storage.join(out, "samples.parquet"))):
+        return None
+    manifest = storage.read_json(path)
+    questions = {label: sorted(q) for label, q in expected.items()}
+    if manifest.get("settings") != settings or manifest.get("questions") != questions:
+        return None
+    return manifest if manifest.get("rows") == num_samples * sum(len(q) for q in expected.values()) else None

@@ -8,6 +8,7 @@ Architecture numbers of the real models are kept here so `--dry-run` can plan me
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -176,13 +177,36 @@ MODEL_PRESETS: dict[str, ModelPreset] = {
 }
 
 
+def model_short_name(model: str) -> str:
+    """A model's name as one plain folder/file name: the last part of its path or Hub id, or for an
+    exported model (.../RUN/final_model, .../checkpoint) its run folder's name."""
+    from ray_app import storage
+
+    def plain(text: str) -> str:
+        return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-.")
+
+    name = plain(storage.basename(model.rstrip("/"))) or "model"
+    if name in ("final_model", "checkpoint"):
+        name = plain(storage.basename(storage.parent(model.rstrip("/")))) or name
+    return name
+
+
 def parse_model_specs(specs: str) -> list[tuple[str, str]]:
-    """'base=tiny-gemma3-small,sft=sft/x/final_model' -> [(label, model), ...]."""
+    """'base=tiny-gemma3-small,sft=sft/x/final_model' -> [(label, model), ...].
+
+    Labels name part files and table rows, so they are plain names (letters, digits, '.', '_', '-');
+    a model given without LABEL= is labelled `model_short_name(model)` (google/gemma-3-1b-it -> gemma-3-1b-it).
+    """
+    from ray_app import storage
+
     out = []
     for item in [s.strip() for s in specs.split(",") if s.strip()]:
-        label, _, model = item.partition("=") if "=" in item else (item, "", item)
+        label, _, model = item.partition("=") if "=" in item else (model_short_name(item), "", item)
         if not label or not model:
             raise ValueError(f"bad model spec '{item}': use LABEL=MODEL or MODEL")
+        if not storage.is_plain_name(label):
+            raise ValueError(f"model label '{label}' in '{item}' is not a plain name ({storage.PLAIN_NAME_RULE}): "
+                             "labels name files; write LABEL=MODEL with such a label, e.g. sft=sft/run/final_model")
         out.append((label, model))
     labels = [label for label, _ in out]
     if len(set(labels)) != len(labels):
@@ -223,14 +247,22 @@ def resolve_model_spec(spec: str, root: str) -> str:
     Preset names, Hub ids, URIs and absolute paths stay as they are; a relative path is a folder under
     the storage root (`sft/sft-tiny-gemma3-small/final_model`), never under the current directory,
     which for a submitted job is a temporary copy of the checkout.
+
+    A model folder inside the storage root is read only once it was published completely: its
+    `_COMPLETE.json` marker is there and matches (storage.publish_dir; the SFT export writes it last).
+    So an export still being written, or one a killed job left half uploaded, is an error here, never a
+    model. Folders outside the root (the embedded models in ~/.cache/ray_app/models, a Hugging Face
+    download at an absolute path) are not ours to mark and load as before: any folder with config.json.
     """
     from ray_app import storage
 
-    if get_preset(spec) is not None or storage.is_uri(spec) or os.path.isabs(os.path.expanduser(spec)):
-        return os.path.expanduser(spec) if not storage.is_uri(spec) else spec
+    if get_preset(spec) is not None:
+        return spec
+    if storage.is_uri(spec) or os.path.isabs(os.path.expanduser(spec)):
+        return _published_if_ours(os.path.expanduser(spec) if not storage.is_uri(spec) else spec, root)
     under_root = storage.join(root, spec)
-    if storage.exists(storage.join(under_root, "config.json")):
-        return under_root
+    if storage.is_dir(under_root):
+        return _published_if_ours(under_root, root)
     if Path(spec).is_dir() and not storage.ephemeral_working_dir():
         return str(Path(spec).resolve())
     if spec.count("/") == 1 and not spec.startswith("."):
@@ -239,6 +271,19 @@ def resolve_model_spec(spec: str, root: str) -> str:
         f"model '{spec}' not found: it is no preset ({', '.join(MODEL_PRESETS)}), no Hugging Face folder under the "
         f"storage root ({under_root}) and no Hub id; pass a path relative to the storage root, an absolute path or a URI"
     )
+
+
+def _published_if_ours(path: str, root: str) -> str:
+    """`path`, after checking that a model folder inside the storage root was published completely."""
+    from ray_app import storage
+
+    if storage.is_under(path, root) and storage.is_dir(path):
+        storage.require_complete(
+            path, "model folder",
+            "Under the storage root a model is read only once its writer finished it (_COMPLETE.json, written last): "
+            "wait for or rerun the SFT job that exports it; a model you copied in yourself goes outside the storage "
+            "root (pass its absolute path) or in through ray_app.storage.publish_dir")
+    return path
 
 
 def materialize_model(spec: str, corpus_file: str | None = None) -> str:
@@ -264,7 +309,8 @@ def resolve_model_specs(models: str, root: str) -> str:
 
 def model_identity(spec: str) -> str:
     """What a fingerprint records for a model: for one exported by our SFT, the fingerprint of the run
-    that trained it (retraining into the same folder changes it); otherwise the name as given."""
+    that trained it and the step it was exported at (retraining into the same folder, or training it
+    longer, changes it); otherwise the name as given."""
     import json
 
     from ray_app import storage
@@ -273,7 +319,8 @@ def model_identity(spec: str) -> str:
         summary = storage.join(spec, "train_summary.json")
         try:
             if storage.exists(summary):
-                return f"{spec}@{json.loads(storage.read_text(summary)).get('config_fingerprint')}"
+                trained = json.loads(storage.read_text(summary))
+                return f"{spec}@{trained.get('config_fingerprint')}:step{trained.get('global_step')}"
         except (OSError, ValueError):
             pass
     return spec

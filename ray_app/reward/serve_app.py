@@ -1,6 +1,10 @@
 """The reward model as a Ray Serve deployment: a Python handle for the sampler, HTTP for people.
 
-    POST /score  {"question": str, "responses": [str, ...]}  ->  {"scores": [float, ...]}
+    POST /<app>/score  {"question": str, "responses": [str, ...]}  ->  {"scores": [float, ...]}
+
+Each run deploys its own Serve application, named after the run (`reward_app_name`: its output
+folder and settings fingerprint) and routed at `/<app>`, so runs sharing a cluster never score with
+another run's model nor delete another run's app; `serving_reward_model` deletes it when the run ends.
 
 Every (question, response) pair is one call of a `@serve.batch` method, so pairs from all callers
 (sampler batches, HTTP requests) are scored together in batches of up to `max_batch_size`; within
@@ -11,9 +15,12 @@ Bad payloads get a 4xx with a message; the replica keeps serving.
 # No `from __future__ import annotations`: FastAPI must see the real Request annotation.
 
 import asyncio
+import hashlib
 import json
 import os
+import re
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from fastapi import FastAPI, Request
@@ -22,7 +29,7 @@ from ray import serve
 
 from ray_app.utils import metrics
 
-APP_NAME = "reward"
+APP_PREFIX = "reward"  # every reward app is reward-...: `serve status` shows them together
 DEPLOYMENT_NAME = "RewardModel"
 
 http_app = FastAPI(title="GSM reward model", description="Scores (question, response) pairs with a reward model.")
@@ -181,11 +188,78 @@ def autoscaling_config(settings: ServeSettings) -> "dict | None":
     }
 
 
-def deploy_reward_model(settings: ServeSettings, blocking_timeout_s: float = 300):
-    """Start Serve on loopback (or `settings.host`) and deploy the reward model; returns its handle."""
+MAX_SLUG = 30  # app names stay <= 48 characters: reward-<slug>-<10 hex>
+
+
+def reward_app_name(out_dir: str, fingerprint: str) -> str:
+    """The Serve app of the run writing `out_dir` with settings `fingerprint`: `reward-<slug>-<hash>`.
+
+    The slug (the folder's last two path parts, lowercased, [a-z0-9-]) makes `serve status` readable; the
+    hash of the absolute folder and the fingerprint makes it unique: two runs get one name only when they
+    write the same folder with the same settings, i.e. when it is the same run again."""
+    where = str(out_dir) if "://" in str(out_dir) else os.path.abspath(os.path.expanduser(str(out_dir)))
+    digest = hashlib.sha256(f"{where}\n{fingerprint}".encode()).hexdigest()[:10]
+    slug = re.sub(r"[^a-z0-9]+", "-", "-".join(where.rstrip("/").split("/")[-2:]).lower()).strip("-")
+    if len(slug) > MAX_SLUG:  # keep the end (it tells runs apart better than the start), from a word start
+        slug = slug[-MAX_SLUG:].split("-", 1)[-1]
+    return f"{APP_PREFIX}-{slug}-{digest}" if slug else f"{APP_PREFIX}-{digest}"
+
+
+def route_for(app_name: str) -> str:
+    """The app's HTTP route prefix: /<app name> (POST /<app name>/score)."""
+    return f"/{app_name}"
+
+
+def running_http_options() -> "tuple[str, int] | None":
+    """(host, port) of the Serve instance running on this cluster, None when Serve is not running.
+
+    Read from Serve's instance details (`ray.serve.schema.ServeInstanceDetails.http_options`, the same
+    details `serve.status()` is built from and the REST API `GET /api/serve/applications/` returns),
+    asked of the Serve controller so that no dashboard is needed."""
+    from ray.serve.context import _get_global_client
+    from ray.serve.schema import ServeInstanceDetails
+
+    client = _get_global_client(raise_if_no_controller_running=False)
+    if client is None:
+        return None
+    http = ServeInstanceDetails(**client.get_serve_details()).http_options
+    return (http.host, http.port) if http is not None else None
+
+
+def start_serve(host: str, port: int, log=print) -> "tuple[str, int] | None":
+    """Start Serve with HTTP on host:port unless it runs; returns the (host, port) it really serves on.
+
+    Serve's HTTP options are cluster-wide and fixed while it runs (`serve.start` silently keeps the
+    running ones), so when they differ from the asked ones this says so, naming both."""
+    running = running_http_options()
+    if running is None:
+        serve.start(http_options={"host": host, "port": port})
+        running = running_http_options()
+    if running is not None and tuple(running) != (host, port):
+        log(f"[serve] Serve already runs on this cluster with HTTP on {running[0]}:{running[1]}; this run asked for "
+            f"{host}:{port} (--serve-host/--serve-port), which is not applied: Serve's HTTP options are cluster-wide "
+            f"and fixed while Serve runs (to change them: `serve shutdown`, which deletes every app). "
+            f"Using {running[0]}:{running[1]}")
+    return running
+
+
+def score_url(app_name: str, http: "tuple[str, int] | None") -> "str | None":
+    if http is None or not http[0]:
+        return None
+    return f"http://{http[0]}:{http[1]}{route_for(app_name)}/score"
+
+
+def deploy_reward_model(settings: ServeSettings, app_name: str, blocking_timeout_s: float = 300, log=print):
+    """Start Serve on loopback (or `settings.host`) and deploy the reward model as the app `app_name` at
+    route /<app_name>; returns its handle. An app already deployed under this name is replaced (names
+    are per run: it is this run's own, left by an earlier attempt); apps of other names are not touched."""
     from dataclasses import asdict
 
-    serve.start(http_options={"host": settings.host, "port": settings.port})
+    start_serve(settings.host, settings.port, log)
+    if app_name in serve.status().applications:
+        log(f"[serve] replacing Serve app {app_name}, left by an earlier run of the same folder and settings "
+            f"(one that died, or ran with --keep-serving)")
+        serve.delete(app_name)
     actor_options = {"num_cpus": settings.num_cpus, "num_gpus": settings.num_gpus}
     options = {"ray_actor_options": actor_options, "max_ongoing_requests": settings.max_ongoing_requests}
     if settings.autoscaling:
@@ -193,22 +267,72 @@ def deploy_reward_model(settings: ServeSettings, blocking_timeout_s: float = 300
     else:
         options["num_replicas"] = settings.num_replicas
     app = RewardModel.options(**options).bind(asdict(settings))
-    handle = serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
-    _wait_healthy(blocking_timeout_s)
+    handle = serve.run(app, name=app_name, route_prefix=route_for(app_name), blocking=False)
+    _wait_healthy(app_name, blocking_timeout_s)
     return handle
 
 
-def _wait_healthy(timeout_s: float) -> None:
+def _wait_healthy(app_name: str, timeout_s: float) -> None:
     deadline = time.time() + timeout_s
     while time.time() < deadline:
-        status = serve.status().applications.get(APP_NAME)
+        status = serve.status().applications.get(app_name)
         if status is not None and status.status == "RUNNING":
             return
         if status is not None and status.status in ("DEPLOY_FAILED", "UNHEALTHY"):
-            raise RuntimeError(f"reward model deployment failed: {status.message}")
+            raise RuntimeError(f"reward model deployment (Serve app {app_name}) failed: {status.message}")
         time.sleep(0.5)
-    raise TimeoutError(f"reward model not running after {timeout_s}s")
+    raise TimeoutError(f"reward model (Serve app {app_name}) not running after {timeout_s}s")
 
 
-def get_reward_handle():
-    return serve.get_deployment_handle(DEPLOYMENT_NAME, app_name=APP_NAME)
+def get_reward_handle(app_name: str):
+    return serve.get_deployment_handle(DEPLOYMENT_NAME, app_name=app_name)
+
+
+def delete_reward_app(app_name: str, log=print) -> bool:
+    """Delete the Serve app `app_name` (and only it); on failure say how to do it by hand."""
+    try:
+        if app_name in serve.status().applications:  # not there: the deploy never got as far
+            serve.delete(app_name)
+        return True
+    except Exception as e:  # noqa: BLE001 - called from `finally`: must not hide the run's own error
+        log(f"[serve] could not delete Serve app {app_name} ({type(e).__name__}: {str(e)[:200]}); its replicas may "
+            f"still hold their resources: {delete_hint(app_name)}")
+        return False
+
+
+def delete_hint(app_name: str) -> str:
+    return (f"delete it with `serve delete {app_name}` (add `-a http://<head>:8265` for a remote cluster) or "
+            f"`python -c \"import ray; from ray import serve; ray.init(address='auto'); serve.delete('{app_name}')\"`")
+
+
+@dataclass
+class RewardApp:
+    """A deployed reward app: its Serve name and route, the URL it answers on, and its handle."""
+
+    name: str
+    route: str
+    url: "str | None"
+    handle: object
+
+    def manifest(self) -> dict:
+        return {"app": self.name, "deployment": DEPLOYMENT_NAME, "route": self.route, "url": self.url}
+
+
+@contextmanager
+def serving_reward_model(settings: ServeSettings, app_name: str, keep: bool = False, log=print,
+                         blocking_timeout_s: float = 300):
+    """Deploy the reward model as `app_name` for the `with` block; delete the app when the block ends,
+    on errors and Ctrl-C too (Serve apps are detached: nothing else would free their replicas). With
+    `keep`, a healthy app stays up and the log says how to delete it."""
+    deployed = False
+    try:
+        handle = deploy_reward_model(settings, app_name, blocking_timeout_s, log)
+        deployed = True
+        # After the deploy: Serve runs now, with the HTTP options it was first started with.
+        app = RewardApp(app_name, route_for(app_name), score_url(app_name, running_http_options()), handle)
+        yield app
+    finally:
+        if keep and deployed:
+            log(f"[serve] --keep-serving: Serve app {app_name} stays up; {delete_hint(app_name)}")
+        else:
+            delete_reward_app(app_name, log)

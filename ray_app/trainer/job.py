@@ -16,7 +16,8 @@ from ray_app.config import BatchPlan, SFTConfig
 from ray_app.models.registry import get_preset
 from ray_app.models.loading import count_loaded_parameters, planning_config
 from ray_app.trainer.memory import GiB, activation_bytes, format_memory_table, model_state_bytes
-from ray_app.trainer.sft import run_sft, save_run_manifest
+from ray_app.trainer.sft import run_sft, save_run_manifest, sha256_of, training_settings
+from ray_app.utils.fingerprint import fingerprint
 from ray_app.utils.resources import gpus_reachable
 from ray_app.utils.run_info import plot_loss_curve
 
@@ -86,15 +87,42 @@ def print_plan(cfg: SFTConfig, plan: BatchPlan, num_examples: int, on_gpu: bool)
     return text
 
 
-def train_and_report(cfg: SFTConfig) -> dict:
+def finished_run(cfg: SFTConfig, plan: BatchPlan, num_examples: int) -> dict | None:
+    """The saved manifest of this run when it already finished with these training settings and this
+    many optimizer steps (its export complete); None when training has anything left to do."""
+    manifest_path = storage.join(cfg.run_dir, "run_manifest.json")
+    export = cfg.resolved_export_dir
+    trained_path = storage.join(export, "train_summary.json")
+    if cfg.fresh_run or not (storage.exists(manifest_path) and storage.exists(trained_path) and storage.is_complete(export)):
+        return None
+    examples_used = max(1, math.ceil(num_examples * cfg.train_pct / 100))
+    target_steps = plan.total_steps(examples_used, cfg.num_train_epochs, cfg.max_steps)
+    trained = storage.read_json(trained_path)
+    settings = training_settings(cfg, plan, sha256_of(cfg.resolved_train_file))
+    if trained.get("config_fingerprint") != fingerprint(settings) or trained.get("global_step") != target_steps:
+        return None
+    return storage.read_json(manifest_path)
+
+
+def train_and_report(cfg: SFTConfig, root: str) -> dict:
     """Train `cfg.model` on Ray Train (Ray must be initialised, the data built), export it, check it
-    on the test split in a Ray task, and save the run manifest and loss curve next to the checkpoints."""
+    on the test split in a Ray task, and save the run manifest and loss curve next to the checkpoints.
+
+    A run that already finished with the same settings and steps is reused, not relaunched."""
     plan = BatchPlan.from_config(cfg)
     num_examples = count_rows(cfg.resolved_train_file)
+    done = finished_run(cfg, plan, num_examples)
+    if done is not None:
+        print(f"[sft] reusing the finished run {cfg.run_dir}: step {done.get('global_step')}, settings fingerprint "
+              f"{done.get('config_fingerprint')} (same settings and steps; --fresh-run retrains)", flush=True)
+        return {**done, "reused": True}
     started = time.perf_counter()
+    from ray_app.utils.ray_init import ensure_connected
+
+    ensure_connected()
     on_gpu = cfg.use_gpu if cfg.use_gpu is not None else gpus_reachable()
     plan_text = print_plan(cfg, plan, num_examples, on_gpu)
-    summary = run_sft(cfg)
+    summary = run_sft(cfg, root)  # root: the storage root (--fresh-run deletes only inside it)
     summary["plan"] = plan_text
 
     log_history = summary.get("log_history", [])

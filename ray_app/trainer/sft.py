@@ -303,9 +303,10 @@ def train_func(config: dict) -> None:
             "parameters": parameters,
         }
         (export_tmp / "train_summary.json").write_text(json.dumps(summary, indent=2, default=str))
-        storage.upload_dir(export_tmp, config["export_dir"])
+        # Readers (model resolution) take the folder only once its _COMPLETE.json is there, written last.
+        storage.publish_dir(export_tmp, config["export_dir"], config["storage_root"])
     ray.train.report({"global_step": trainer.state.global_step, "train_loss": result.training_loss}, checkpoint=None)
-    shutil.rmtree(output_dir, ignore_errors=True)
+    shutil.rmtree(output_dir, ignore_errors=True)  # this worker's node-local scratch (run name: a plain name)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -354,18 +355,31 @@ def training_settings(cfg: SFTConfig, plan: BatchPlan, train_sha256: str) -> dic
     }
 
 
-def _sha256_of(path: str) -> str:
+def sha256_of(path: str) -> str:
     from ray_app.utils.io import sha256_file
 
     return sha256_file(storage.local_copy(path))
 
 
-def run_sft(cfg: SFTConfig, log=print) -> dict:
+def run_sft(cfg: SFTConfig, root: str, log=print) -> dict:
     """Launch the Ray Train job; returns the run summary (also saved as RUN_DIR/run_manifest.json).
 
     Every location in `cfg` is absolute or a URI (config.resolve_paths); the driver only plans,
-    checks and reads summaries: data, model and device work happen in the workers.
+    checks and reads summaries: data, model and device work happen in the workers. `root` is the
+    storage root: --fresh-run deletes the run folder only inside it. The run folder is locked for the
+    run (utils/run_lock.py): a second run into it stops with an error naming this one.
     """
+    from ray_app.config import ConfigError
+    from ray_app.utils.run_lock import run_lock
+
+    if not storage.is_plain_name(cfg.resolved_run_name):
+        raise ConfigError(f"run name {cfg.resolved_run_name!r} is not a plain name ({storage.PLAIN_NAME_RULE}); "
+                          "give --run-name one folder name")
+    with run_lock(cfg.run_dir, f"SFT run '{cfg.resolved_run_name}'", log=log):
+        return _run_sft(cfg, root, log)
+
+
+def _run_sft(cfg: SFTConfig, root: str, log) -> dict:
     import ray
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -378,11 +392,12 @@ def run_sft(cfg: SFTConfig, log=print) -> dict:
     run_dir = cfg.run_dir
     if cfg.fresh_run and storage.exists(run_dir):
         log(f"[sft] --fresh-run: deleting the earlier run in {run_dir}")
-        storage.delete(run_dir)
-    settings = training_settings(cfg, plan, _sha256_of(cfg.resolved_train_file))
+        storage.delete(run_dir, root)
+    settings = training_settings(cfg, plan, sha256_of(cfg.resolved_train_file))
     fingerprint = check_or_record(storage.join(run_dir, "run_config.json"), settings, f"SFT run '{cfg.resolved_run_name}'", "--fresh-run")
-    # The drill's marker makes the kill happen once per launch, not again after the restart.
-    storage.delete(storage.join(run_dir, "fault_drill.txt"))
+    # The drill's marker makes the kill happen once per launch, not again after the restart. A file in
+    # the run's own folder: the delete is bounded by that folder (which may be outside the root).
+    storage.delete(storage.join(run_dir, "fault_drill.txt"), run_dir)
     attempt_id = time.strftime("%Y%m%d-%H%M%S")
 
     resources = {"CPU": cfg.cpus_per_worker}
@@ -404,6 +419,7 @@ def run_sft(cfg: SFTConfig, log=print) -> dict:
     worker_config = {
         "sft": asdict(cfg),
         "export_dir": export_dir,
+        "storage_root": root,
         "attempt_id": attempt_id,
         "fingerprint": fingerprint,
         "env": _wandb_env(cfg),

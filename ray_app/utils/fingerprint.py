@@ -50,3 +50,12 @@ def check_or_record(path: str, settings: dict, what: str, fresh_flag: str) -> st
         return fp
     storage.write_json(path, {"fingerprint": fp, "settings": settings})
     return fp
+
+
+def recorded_differences(path: str, settings: dict) -> list[str] | None:
+    """The fields in which `settings` differ from those recorded at `path` (as 'name: old -> new'), or
+    None when nothing is recorded there: how a rerun tells reuse from redo before it starts."""
+    if not storage.exists(path):
+        return None
+    old = storage.read_json(path).get("settings", {})
+    return [f"{k}: {old.get(k)!r} -> {settings.get(k)!r}" for k in differing_fields(old, settings)]

@@ -40,3 +40,16 @@ def init_ray(num_cpus: int | None = None, log=print) -> None:
         runtime_env={"env_vars": {"PYTHONPATH": pythonpath, **TRAIN_STATE_TRACKING}},
     )
     log(f"[ray] started a local Ray instance: {ray.cluster_resources()}")
+
+
+def ensure_connected(log=print) -> None:
+    """Connect (or start a local Ray) the first time a stage needs the cluster: a rerun whose stages are
+    all reused never starts Ray. Idempotent."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    from ray_app.utils.progress import quiet_ray_data_progress
+
+    init_ray(log=log)
+    quiet_ray_data_progress()
