@@ -60,7 +60,6 @@ def _main(pcfg, args) -> int:
     from ray_app.trainer.job import train_and_report
     from ray_app.trainer.sft import sha256_of, training_settings
     from ray_app.utils.fingerprint import recorded_differences
-    from ray_app.utils.ray_init import ensure_connected
 
     started = time.perf_counter()
     cli.start(args)
@@ -73,11 +72,6 @@ def _main(pcfg, args) -> int:
 
     data_cfg = dataclasses.replace(sections["data"], out_dir=data_dir)
     with _stage("data", timings):
-        if data_cfg.use_ray:
-            from ray_app.data.gsm import data_status
-
-            if not data_status(data_dir)[0]:
-                ensure_connected()
         ensure_data(data_dir, data_cfg, owned=True)
 
     base_sft = dataclasses.replace(sections["sft"], data_dir=data_dir, train_file=None, storage_path=storage.join(out, "sft"),

@@ -54,8 +54,6 @@ BUNDLED_GSM8K = "bundled"
 BUNDLED_GSM8K_FILE = Path(__file__).parent / "gsm8k" / "test.jsonl"
 # Bumped whenever the way instances are drawn changes: it keys the cache and is recorded in the manifest.
 GENERATOR = "rejection-v1"
-# Files that make up one build; the manifest (written last) holds the others' sha256.
-DATA_FILES = tuple(f"{s}.jsonl" for s in SPLITS) + ("manifest.json",)
 
 
 @dataclass(frozen=True)
@@ -370,6 +368,9 @@ def _instantiate_all(
 
     import ray
 
+    from ray_app.utils.ray_init import ensure_connected
+
+    ensure_connected()  # the job's cluster (or a local Ray with this checkout on the workers' path), once
     # A few templates per task: a template takes milliseconds to seconds, less than a task's overhead.
     remote = ray.remote(num_cpus=1)(_instantiate_chunk)
     chunks = [list(templates[i::8]) for i in range(min(8, len(templates)))]
@@ -666,10 +667,10 @@ TIMINGS_FILE = "build_info.json"
 def build_from_config(cfg, extra_manifest: dict | None = None, run_info: dict | None = None) -> BuildReport:
     """`build_gsm_datasets` with every setting taken from a `DataConfig`, published as a set.
 
-    The build is written to a fresh folder beside the target, then switched in: locally by two
-    renames (the old set is moved aside, the new one moved in, the old one removed), so a build killed
-    at any point leaves the old set complete, or no set; on s3:// / gs:// the old manifest is deleted
-    first and the new one written last, and `has_data` checks every file against the manifest's hashes.
+    The build is written to a local folder, then published by `storage.publish_dir`: locally switched in
+    by renames (a build killed at any point leaves the old set complete, or no set and the old one in a
+    `.data.old-*` sibling), on s3:// / gs:// uploaded file by file with its marker last; on any root
+    `has_data` checks every file against the manifest's hashes, so a half-replaced set is never read.
     """
     import tempfile
 
@@ -680,42 +681,12 @@ def build_from_config(cfg, extra_manifest: dict | None = None, run_info: dict | 
         cache_dir=cfg.cache_dir or str(storage.cache_root() / "gsm_symbolic"), use_ray=cfg.use_ray,
         extra_manifest=extra_manifest, run_info=run_info, dedupe_train_numbers=cfg.dedupe_train_numbers,
     )
-    if not storage.is_uri(cfg.out_dir):
-        target = Path(cfg.out_dir)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.building-", dir=target.parent))
-        try:
-            report = build_gsm_datasets(out_dir=str(staging), **kwargs)
-            _switch_in(staging, target)
-        finally:
-            if staging.exists():  # our own staging folder (mkdtemp above), strictly inside the target's parent
-                storage.delete(str(staging), root=str(target.parent))
-        report.out_dir = str(target)
-        return report
     with tempfile.TemporaryDirectory(prefix="ray_app_data_") as tmp:
         report = build_gsm_datasets(out_dir=tmp, **kwargs)
-        manifest = storage.join(cfg.out_dir, "manifest.json")
-        if storage.exists(manifest):  # the old set stops being complete before any of its files change
-            storage.write_json(manifest, {"kind": "gsm_datasets", "state": "being replaced by a new build"})
-        for name in [n for n in DATA_FILES if n != "manifest.json"] + [TIMINGS_FILE]:
-            storage.upload_file(Path(tmp, name), storage.join(cfg.out_dir, name))
-        storage.upload_file(Path(tmp, "manifest.json"), manifest)  # last: it marks the set complete
+        # Deletes stay inside the data folder's parent: the folder itself is what gets replaced.
+        storage.publish_dir(tmp, cfg.out_dir, root=storage.parent(cfg.out_dir))
     report.out_dir = cfg.out_dir
     return report
-
-
-def _switch_in(staging: Path, target: Path) -> None:
-    """Replace the folder `target` by `staging` with renames; whatever is killed when, `target` holds a
-    complete set or does not exist (then the old set is in a `.old-` sibling until the next build)."""
-    import tempfile
-
-    if target.exists():
-        aside = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-        os.replace(target, aside / target.name)
-        os.replace(staging, target)
-        storage.delete(str(aside), root=str(target.parent))  # the previous set, moved aside by us above
-    else:
-        os.replace(staging, target)
 
 
 def data_status(data_dir: str) -> tuple[bool, str]:

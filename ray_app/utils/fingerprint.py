@@ -35,15 +35,13 @@ def check_or_record(path: str, settings: dict, what: str, fresh_flag: str) -> st
     Returns the fingerprint; raises ConfigMismatch naming every differing field, old -> new.
     """
     fp = fingerprint(settings)
-    if storage.exists(path):
-        recorded: dict[str, Any] = storage.read_json(path)
-        old = recorded.get("settings", {})
+    old = recorded_settings(path)
+    if old is not None:
         diff = differing_fields(old, settings)
         if diff:
-            shown = "; ".join(f"{k}: {old.get(k)!r} -> {settings.get(k)!r}" for k in diff)
             raise ConfigMismatch(
                 f"{what} in {storage.parent(path)} was made with other settings ({', '.join(diff)} "
-                f"{'differs' if len(diff) == 1 else 'differ'}: {shown}). "
+                f"{'differs' if len(diff) == 1 else 'differ'}: {'; '.join(describe_differences(old, settings))}). "
                 f"Continuing would mix the two. Use another output location or run name, restore the settings, "
                 f"or pass {fresh_flag} to delete the earlier outputs and start over"
             )
@@ -52,10 +50,18 @@ def check_or_record(path: str, settings: dict, what: str, fresh_flag: str) -> st
     return fp
 
 
+def recorded_settings(path: str) -> dict[str, Any] | None:
+    """The settings recorded at `path` by `check_or_record`, or None when nothing is recorded there."""
+    return storage.read_json(path).get("settings", {}) if storage.exists(path) else None
+
+
+def describe_differences(old: dict, new: dict) -> list[str]:
+    """'name: old -> new' for every differing field."""
+    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in differing_fields(old, new)]
+
+
 def recorded_differences(path: str, settings: dict) -> list[str] | None:
-    """The fields in which `settings` differ from those recorded at `path` (as 'name: old -> new'), or
-    None when nothing is recorded there: how a rerun tells reuse from redo before it starts."""
-    if not storage.exists(path):
-        return None
-    old = storage.read_json(path).get("settings", {})
-    return [f"{k}: {old.get(k)!r} -> {settings.get(k)!r}" for k in differing_fields(old, settings)]
+    """How `settings` differ from those recorded at `path` ('name: old -> new'), or None when nothing is
+    recorded there: how a rerun tells reuse from redo before it starts."""
+    old = recorded_settings(path)
+    return None if old is None else describe_differences(old, settings)
