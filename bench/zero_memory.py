@@ -33,7 +33,10 @@ from ray_app import cli, storage  # noqa: E402
 from ray_app.models.registry import materialize_model  # noqa: E402
 
 
-def _live_storages(device_type: str) -> dict[int, int]:
+def _live_storages(device_type: str, keep_alive: list) -> dict[int, int]:
+    """Bytes of each live storage by address. The storages themselves go into `keep_alive`: storages are
+    told apart by address, and one freed between two snapshots could hand its address to a new one
+    (Adam's m landing where a gradient was), which would then not count as new."""
     import gc
 
     import torch
@@ -49,6 +52,7 @@ def _live_storages(device_type: str) -> dict[int, int]:
             continue
         if storage.nbytes():
             found[storage.data_ptr()] = storage.nbytes()
+            keep_alive.append(storage)
     return found
 
 
@@ -76,7 +80,8 @@ def measure_worker(config: dict) -> None:
     results = {}
     for stage in config["stages"]:
         torch.manual_seed(0)
-        a = _live_storages(device_type)
+        held: list = []  # every storage seen at A-D stays allocated until this stage is counted
+        a = _live_storages(device_type, held)
         bf16 = config["precision"] == "bf16"
         # Loaded as SFT loads it: a multimodal checkpoint's vision tower is frozen (weights only).
         model, counted = load_policy_for_training(materialize_model(config["model"], config["corpus"]),
@@ -99,14 +104,14 @@ def measure_worker(config: dict) -> None:
                 zero[key] = value
         trainable = [p for p in model.parameters() if p.requires_grad]
         engine, *_ = deepspeed.initialize(model=model, model_parameters=trainable, config=ds)
-        b = _live_storages(device_type)
+        b = _live_storages(device_type, held)
         params = _param_storages(engine.module)
         batch = torch.randint(0, text_config.vocab_size, (2, 64), device=engine.device)
         loss = engine(input_ids=batch, labels=batch).loss
         engine.backward(loss)
-        c = _live_storages(device_type)
+        c = _live_storages(device_type, held)
         engine.step()
-        d = _live_storages(device_type)
+        d = _live_storages(device_type, held)
         grads = {k: v for k, v in c.items() if k not in b}
         # Gradient buffers DeepSpeed allocates up front (ZeRO-3) or keeps across steps (ZeRO-1/2).
         for name in ("grad_partitions_flat_buffer", "grads_in_partition"):
@@ -122,6 +127,7 @@ def measure_worker(config: dict) -> None:
             "gradients": sum(grads.values()),
             "optimizer": sum(optim.values()),
         }
+        del held, engine, model
     out = Path(config["out_dir"]) / f"rank{ctx.get_world_rank()}.json"
     out.write_text(json.dumps(results))
     ray.train.report({"done": 1})
