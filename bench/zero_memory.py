@@ -72,12 +72,13 @@ def measure_worker(config: dict) -> None:
     import torch
     from ray_app.config import SFTConfig
     from ray_app.models.loading import load_policy_for_training
-    from ray_app.trainer.sft import deepspeed_config
+    from ray_app.trainer.sft import deepspeed_config, init_deepspeed_comm
 
     ctx = ray.train.get_context()
     on_gpu = torch.cuda.is_available()
     device_type = "cuda" if on_gpu else "cpu"
     results = {}
+    init_deepspeed_comm(on_gpu)  # as SFT starts it (no CPU build of an inference-only op)
     for stage in config["stages"]:
         torch.manual_seed(0)
         held: list = []  # every storage seen at A-D stays allocated until this stage is counted

@@ -104,6 +104,7 @@ def _main(pcfg, args) -> int:
         sections["eval"], data_dir=data_dir, out_dir=storage.join(out, "eval"), limit=pcfg.eval_limit,
         models=",".join(f"{k}={v}" for k, v in labels.items()),
         max_new_tokens=pcfg.max_new_tokens or sections["eval"].max_new_tokens,
+        actors_per_model=pcfg.actors_per_model or sections["eval"].actors_per_model,
     )
     with _stage("evaluate", timings):
         run_evaluation(eval_cfg)
@@ -114,6 +115,7 @@ def _main(pcfg, args) -> int:
         max_new_tokens=pcfg.max_new_tokens or sections["sample"].max_new_tokens,
         temperature=pcfg.temperature if pcfg.temperature is not None else sections["sample"].temperature,
         num_samples=pcfg.num_samples or sections["sample"].num_samples,
+        actors_per_model=pcfg.actors_per_model or sections["sample"].actors_per_model,
     )
     with _stage("sample_and_score", timings):
         changed = recorded_differences(storage.join(sample_cfg.out_dir, "sampling_config.json"),

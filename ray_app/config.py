@@ -221,6 +221,9 @@ class PipelineConfig:
     large_per_device_batch_size: Optional[int] = _f(None, "per-device batch of the large model (default: the sft section's)")
     large_zero_stage: Optional[int] = _f(None, "ZeRO stage of the large model (default: the sft section's)")
     eval_limit: Optional[int] = _f(None, "questions per test set in evaluation (None: all 100)")
+    actors_per_model: Optional[int] = _f(None, "Ray Data generation actors per model in evaluation and sampling (default: "
+                                         "their sections'); models generate one after another, so on a CPU machine one "
+                                         "actor per core keeps every core busy")
     sample_limit: Optional[int] = _f(None, "questions sampled per model (None: all)")
     max_new_tokens: Optional[int] = _f(None, "generation budget for evaluation and sampling (default: their sections')")
     temperature: Optional[float] = _f(None, "sampling temperature (default: the sample section's)")

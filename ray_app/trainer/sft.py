@@ -67,6 +67,22 @@ def deepspeed_config(cfg: SFTConfig, on_gpu: bool) -> dict:
     }
 
 
+def init_deepspeed_comm(on_gpu: bool) -> None:
+    """DeepSpeed's communication backend over the process group Ray Train set up.
+
+    On CPU, DeepSpeed JIT-compiles its shared-memory all-reduce op when the backend starts: 27-35 s of
+    C++ build on a fresh machine or node (cached per HOME after that). Only `inference_all_reduce`
+    (tensor-parallel inference) uses that op; training's all-reduce and reduce-scatter go through the
+    gloo group either way. So we mark the op unavailable in DeepSpeed's op table (the cached dict that
+    `build_shm_op` consults) and it falls back as on a platform without it.
+    """
+    import deepspeed
+
+    if not on_gpu:
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo")
+
+
 def _wandb_env(cfg: SFTConfig) -> dict:
     if cfg.wandb_mode == "disabled":
         return {}
@@ -201,9 +217,7 @@ def train_func(config: dict) -> None:
 
     # Ray Train already set up torch.distributed; DeepSpeed wraps that process group. It must know the
     # world size before ZeRO-3 partitions weights inside from_pretrained.
-    import deepspeed
-
-    deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo")
+    init_deepspeed_comm(on_gpu)
     # Where each rank runs, recorded in the run summary (the multi-node tests read it).
     import torch.distributed as dist
 
