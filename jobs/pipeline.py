@@ -70,12 +70,10 @@ def _main(pcfg, args) -> int:
     # started by the first stage that has work to do (none, on a rerun with the same settings).
     # The pipeline owns its folder: a stage it redoes is deleted only inside `out` (storage.delete's bound).
 
-    data_cfg = dataclasses.replace(sections["data"], out_dir=data_dir)
-    with _stage("data", timings):
-        ensure_data(data_dir, data_cfg, owned=True)
-
     base_sft = dataclasses.replace(sections["sft"], data_dir=data_dir, train_file=None, storage_path=storage.join(out, "sft"),
-                                   export_dir=None, encode_cache_dir=None, eval_after=False, fresh_run=pcfg.fresh_run)
+                                   export_dir=None, encode_cache_dir=None, eval_after=False, fresh_run=pcfg.fresh_run,
+                                   per_device_batch_size=pcfg.per_device_batch_size or sections["sft"].per_device_batch_size,
+                                   effective_batch_size=pcfg.effective_batch_size or sections["sft"].effective_batch_size)
     sft_cfgs = {
         "small": dataclasses.replace(base_sft, model=pcfg.small_model, run_name=default_run_name(pcfg.small_model),
                                      max_steps=pcfg.small_max_steps),
@@ -84,6 +82,13 @@ def _main(pcfg, args) -> int:
                                      per_device_batch_size=pcfg.large_per_device_batch_size or base_sft.per_device_batch_size,
                                      zero_stage=pcfg.large_zero_stage if pcfg.large_zero_stage is not None else base_sft.zero_stage),
     }
+    for cfg in sft_cfgs.values():
+        BatchPlan.from_config(cfg)  # batch arithmetic that does not divide stops here, before any work
+
+    data_cfg = dataclasses.replace(sections["data"], out_dir=data_dir)
+    with _stage("data", timings):
+        ensure_data(data_dir, data_cfg, owned=True)
+
     exports = {}
     for size, cfg in sft_cfgs.items():
         with _stage(f"sft_{size}", timings):

@@ -218,7 +218,9 @@ class PipelineConfig:
     large_model: str = _f("tiny-gemma3-large", "the large policy (stands for gemma-3-4b-it)")
     small_max_steps: int = _f(-1, "SFT steps of the small model (-1: the sft section's epochs)")
     large_max_steps: int = _f(-1, "SFT steps of the large model (-1: the sft section's epochs)")
-    large_per_device_batch_size: Optional[int] = _f(None, "per-device batch of the large model (default: the sft section's)")
+    per_device_batch_size: Optional[int] = _f(None, "per-device batch of both SFT runs (default: the sft section's)")
+    effective_batch_size: Optional[int] = _f(None, "examples per optimizer step of both SFT runs (default: the sft section's)")
+    large_per_device_batch_size: Optional[int] = _f(None, "per-device batch of the large model (default: the one of both runs)")
     large_zero_stage: Optional[int] = _f(None, "ZeRO stage of the large model (default: the sft section's)")
     eval_limit: Optional[int] = _f(None, "questions per test set in evaluation (None: all 100)")
     actors_per_model: Optional[int] = _f(None, "Ray Data generation actors per model in evaluation and sampling (default: "

@@ -25,6 +25,13 @@ def test_effective_batch_size_error_from_the_cli():
     assert "--effective-batch-size 20 is not a multiple of per-device batch 8 x nproc_per_node 2 x nnodes 1 = 16" in proc.stderr
 
 
+def test_pipeline_batch_that_does_not_divide_stops_before_any_work(tmp_path):
+    proc = run_job("pipeline.py", "--storage-root", str(tmp_path), "--per-device-batch-size", "3", check=False, timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "--effective-batch-size 8 is not a multiple of per-device batch 3 x nproc_per_node 2 x nnodes 1 = 6" in proc.stderr
+    assert not (tmp_path / "pipeline").exists() and "[ray]" not in proc.stdout  # no data, no Ray
+
+
 def test_steps_match_the_hf_trainer_count():
     plan = BatchPlan(per_device_batch_size=8, gradient_accumulation_steps=2, nproc_per_node=2, nnodes=1)
     # 4500 rows / 2 ranks = 2250 per rank -> 282 micro-batches -> ceil(282 / 2) = 141 optimizer steps.
