@@ -33,8 +33,6 @@ def main(argv=None) -> int:
 
 
 def _main(cfg, args) -> int:
-    if cfg.num_samples < 2:
-        raise ValueError("--num-samples must be >= 2 for a coverage curve")
     from ray_app.analysis.curves import describe_verifier, write_coverage_report, write_verifier_report
     from ray_app.analysis.html_report import write_html_report
     from ray_app.analysis.report import read_samples

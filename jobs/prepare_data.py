@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ray_app import cli, storage  # noqa: E402
-from ray_app.config import parse_job_config, to_dict  # noqa: E402
+from ray_app.config import ConfigError, parse_job_config, to_dict  # noqa: E402
 from ray_app.data.gsm import build_from_config  # noqa: E402
 from ray_app.models.registry import MODEL_PRESETS, materialize_model  # noqa: E402
 from ray_app.utils.run_info import versions  # noqa: E402
@@ -42,6 +42,11 @@ def main(argv=None) -> int:
 
 
 def _main(cfg, args) -> int:
+    models = [m for m in args.build_models.split(",") if m]
+    unknown = [m for m in models if m not in EMBEDDED]
+    if unknown:  # before anything is built
+        raise ConfigError(f"--build-models: {', '.join(repr(m) for m in unknown)} is not an embedded model; "
+                          f"choose from {', '.join(EMBEDDED)} (or '' for none)")
     cli.start(args)
     if cfg.use_ray:
         cli.connect_ray()
@@ -57,9 +62,7 @@ def _main(cfg, args) -> int:
     if sep["train_rows"] < cfg.train_size:
         print(f"  --dedupe-train-numbers left {sep['train_rows']} training rows, fewer than --train-size {cfg.train_size}")
     train_file = storage.join(cfg.out_dir, "gsm_symbolic_train.jsonl")
-    for name in [m for m in args.build_models.split(",") if m]:
-        if name not in EMBEDDED:
-            raise ValueError(f"--build-models: '{name}' is not an embedded model ({', '.join(EMBEDDED)})")
+    for name in models:
         t = time.perf_counter()
         path = materialize_model(name, corpus_file=train_file)
         print(f"[models] {name:20s} -> {path} ({time.perf_counter() - t:.1f}s; node-local cache, rebuilt identically on each node)")

@@ -34,8 +34,6 @@ def main(argv=None) -> int:
 
 
 def _main(cfg, args) -> int:
-    if cfg.num_samples < 1:
-        raise ValueError("--num-samples must be >= 1")
     from ray_app.inference.sampling import run_sampling
     from ray_app.models.registry import resolve_model_spec, resolve_model_specs
 

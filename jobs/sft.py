@@ -23,10 +23,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ray_app import cli  # noqa: E402
+from ray_app import cli, storage  # noqa: E402
 from ray_app.config import BatchPlan, DataConfig, parse_job_config  # noqa: E402
+from ray_app.data.encoding import read_training_rows  # noqa: E402
 from ray_app.models.registry import get_preset, resolve_model_spec  # noqa: E402
 from ray_app.trainer.job import count_rows, print_plan  # noqa: E402
+from ray_app.utils.io import DataError  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -36,8 +38,6 @@ def main(argv=None) -> int:
 
 def _main(cfg, args) -> int:
     plan = BatchPlan.from_config(cfg)
-    if cfg.zero_stage not in (0, 1, 2, 3):
-        raise ValueError(f"--zero-stage must be 0, 1, 2 or 3, got {cfg.zero_stage}")
 
     if cfg.dry_run:
         preset = get_preset(cfg.model)
@@ -50,12 +50,16 @@ def _main(cfg, args) -> int:
 
     root = cli.start(args)
     cfg = dataclasses.replace(cfg, model=resolve_model_spec(cfg.model, root))
+    # Every training row is checked here, on the driver and before Ray starts: a bad row stops the job
+    # naming file and line instead of failing inside Train workers after a restart is spent.
+    train_file = cfg.resolved_train_file
+    if cfg.train_file is not None and not storage.exists(train_file):
+        raise DataError(f"training file {train_file} not found; check --train-file (relative paths are under the storage root)")
+    if storage.exists(train_file):
+        read_training_rows(storage.local_copy(train_file))
     cli.connect_ray()
     if cfg.train_file is None:
         cli.ensure_data(cfg.data_dir, args)
-    elif count_rows(cfg.resolved_train_file) is None:
-        raise FileNotFoundError(f"training file {cfg.resolved_train_file} not found; check --train-file "
-                                "(relative paths are under the storage root)")
     train_and_report(cfg, root)
     return 0
 

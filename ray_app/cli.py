@@ -8,8 +8,11 @@ from typing import Callable
 
 from ray_app import storage
 from ray_app.config import ConfigError, DataConfig, check_location, resolve_paths, resolve_section
+from ray_app.errors import UserError
 
-USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, storage.StorageError, ValueError, FileNotFoundError)
+# What a user can fix (ray_app.errors.UserError: ConfigError, StorageError, DataError, ConfigMismatch, ...)
+# is one line and exit 2. Anything else, ValueError included, is a bug and keeps its traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (UserError,)
 
 
 def start(args, log=print) -> str:
@@ -39,12 +42,9 @@ def connect_ray() -> None:
 
 def run(main: Callable[[], int]) -> int:
     """Run a job body; bad input (config, storage, data, models) becomes 'error: ...' and exit 2."""
-    from ray_app.utils.fingerprint import ConfigMismatch
-    from ray_app.utils.io import DataError
-
     try:
         return main()
-    except (DataError, ConfigMismatch, *USER_ERRORS) as e:
+    except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 2
 

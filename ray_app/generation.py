@@ -9,6 +9,7 @@ from typing import Sequence
 
 from ray_app.data.encoding import build_prompt_text
 from ray_app.data.prompts import extract_answer, has_final_answer_line
+from ray_app.errors import ConfigError
 
 
 @dataclass
@@ -48,7 +49,7 @@ def stop_token_ids(model, tokenizer) -> list[int]:
     if tokenizer.eos_token_id is not None:
         ids.add(tokenizer.eos_token_id)
     if not ids:
-        raise ValueError("the model names no end-of-sequence token (generation_config.eos_token_id) and the tokenizer "
+        raise ConfigError("the model names no end-of-sequence token (generation_config.eos_token_id) and the tokenizer "
                          "has no eos_token: set one of them, or generation would only stop at max_new_tokens")
     return sorted(ids)
 

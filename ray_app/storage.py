@@ -31,13 +31,19 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ray_app.errors import UserError
+
 ROOT_ENV = "RAY_APP_STORAGE_ROOT"
 DEFAULT_ROOT = "~/ray-app-gsm"
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
-class StorageError(RuntimeError):
+class StorageError(UserError, RuntimeError):
     """A storage root or path that cannot be used; the message names it and what to do."""
+
+
+class NotFound(StorageError, FileNotFoundError):
+    """A file or folder that is not there (still a FileNotFoundError for callers that expect one)."""
 
 
 def is_uri(path: str | os.PathLike | None) -> bool:
@@ -164,14 +170,14 @@ def list_files(path: str, suffix: str = "", recursive: bool = False) -> list[str
 
 
 def read_bytes(path: str) -> bytes:
-    if not is_uri(path):
-        return Path(path).expanduser().read_bytes()
-    fs, inner = filesystem(path)
     try:
+        if not is_uri(path):
+            return Path(path).expanduser().read_bytes()
+        fs, inner = filesystem(path)
         with fs.open_input_stream(inner) as f:
             return f.read()
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: not found") from None
+        raise NotFound(f"{path}: not found") from None
 
 
 def read_text(path: str) -> str:
@@ -500,7 +506,7 @@ def _listing_key(path: str) -> str:
         infos = [i for i in fs.get_file_info(pafs.FileSelector(inner, recursive=True, allow_not_found=True))
                  if i.type == pafs.FileType.File]
     if not infos:
-        raise FileNotFoundError(f"{path}: not found")
+        raise NotFound(f"{path}: not found")
     return hashlib.sha256(json.dumps(sorted((i.path, i.size, str(i.mtime)) for i in infos)).encode()).hexdigest()
 
 

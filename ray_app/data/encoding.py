@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from ray_app.data.prompts import ANSWER_PREFIX, build_gsm_prompt, format_target_answer
+from ray_app.data.prompts import ANSWER_PREFIX, build_gsm_prompt, format_target_answer, gold_from_gsm_answer
 from ray_app.utils.io import DataError, read_jsonl, sha256_file, sha256_text
 
 COMPLETION_SUFFIX = "<end_of_turn>\n<eos>"
@@ -80,6 +80,29 @@ def subsample_rows(rows: list[dict], train_pct: float, shuffle: bool, seed: int)
     return rows[:keep]
 
 
+def read_training_rows(path: str | Path) -> list[dict]:
+    """The training rows of a JSONL file, every one checked: a JSON object whose `question` is a non-empty
+    string and whose `answer` is a string ending in GSM8K's '#### N' line (what SFT learns to state as
+    'Final answer: N.'). The first bad row is a DataError naming file and line. The SFT job calls this
+    on the driver before Ray starts, so a bad file never reaches (and restarts) Train workers."""
+    path = Path(path)
+    rows = read_jsonl(path, required=("question", "answer"))
+    if not rows:
+        raise DataError(f"{path}: no training rows; expected JSONL rows {{\"question\": ..., \"answer\": \"... #### N\"}}")
+    # read_jsonl skips blank lines, so line numbers are counted again here for the messages.
+    lines = [n for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1) if line.strip()]
+    for lineno, row in zip(lines, rows):
+        question, answer = row["question"], row["answer"]
+        if not isinstance(question, str) or not question.strip():
+            raise DataError(f"{path}:{lineno}: 'question' must be a non-empty string, got {question!r:.80}")
+        if not isinstance(answer, str):
+            raise DataError(f"{path}:{lineno}: 'answer' must be a string, got {type(answer).__name__}")
+        if gold_from_gsm_answer(answer) is None:
+            raise DataError(f"{path}:{lineno}: 'answer' has no numeric '#### N' line at its end ({answer[-60:]!r}); "
+                            "SFT teaches the model to end with 'Final answer: N.' taken from it")
+    return rows
+
+
 def load_and_prepare_train_dataset(cfg: Any, tokenizer):
     """Read `cfg.train_file`, subsample/shuffle as configured, encode with `Dataset.map(batched=True)`.
 
@@ -90,10 +113,7 @@ def load_and_prepare_train_dataset(cfg: Any, tokenizer):
     from datasets import Dataset
 
     path = Path(cfg.train_file)
-    rows = read_jsonl(path, required=("question", "answer"))
-    if not rows:
-        raise DataError(f"{path}: no training rows")
-    rows = subsample_rows(rows, cfg.train_pct, cfg.shuffle, cfg.seed)
+    rows = subsample_rows(read_training_rows(path), cfg.train_pct, cfg.shuffle, cfg.seed)
     dataset = Dataset.from_list([{"question": r["question"], "answer": r["answer"]} for r in rows])
 
     # Our own fingerprint of everything the encoding depends on: it names the Arrow cache file and

@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ray_app.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class VisionArchitecture:
@@ -203,16 +205,16 @@ def parse_model_specs(specs: str) -> list[tuple[str, str]]:
     for item in [s.strip() for s in specs.split(",") if s.strip()]:
         label, _, model = item.partition("=") if "=" in item else (model_short_name(item), "", item)
         if not label or not model:
-            raise ValueError(f"bad model spec '{item}': use LABEL=MODEL or MODEL")
+            raise ConfigError(f"bad model spec '{item}': use LABEL=MODEL or MODEL")
         if not storage.is_plain_name(label):
-            raise ValueError(f"model label '{label}' in '{item}' is not a plain name ({storage.PLAIN_NAME_RULE}): "
+            raise ConfigError(f"model label '{label}' in '{item}' is not a plain name ({storage.PLAIN_NAME_RULE}): "
                              "labels name files; write LABEL=MODEL with such a label, e.g. sft=sft/run/final_model")
         out.append((label, model))
     labels = [label for label, _ in out]
     if len(set(labels)) != len(labels):
-        raise ValueError(f"model labels must be unique: {labels}")
+        raise ConfigError(f"model labels must be unique: {labels}")
     if not out:
-        raise ValueError("no models given")
+        raise ConfigError("no models given")
     return out
 
 
@@ -230,7 +232,7 @@ def resolve_model_path(name_or_path: str, corpus_file: str | None = None, cache_
     from ray_app.models.tiny import build_embedded_model
 
     if corpus_file is None:
-        raise ValueError(
+        raise ConfigError(
             f"embedded model '{preset.name}' trains its tokenizer on the training data; pass the training JSONL "
             "(jobs/prepare_data.py writes STORAGE_ROOT/data/gsm_symbolic_train.jsonl)"
         )
@@ -267,7 +269,7 @@ def resolve_model_spec(spec: str, root: str) -> str:
         return str(Path(spec).resolve())
     if spec.count("/") == 1 and not spec.startswith("."):
         return spec  # a Hub id such as google/gemma-3-1b-it
-    raise ValueError(
+    raise ConfigError(
         f"model '{spec}' not found: it is no preset ({', '.join(MODEL_PRESETS)}), no Hugging Face folder under the "
         f"storage root ({under_root}) and no Hub id; pass a path relative to the storage root, an absolute path or a URI"
     )

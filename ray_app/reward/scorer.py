@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from ray_app.data.prompts import ANSWER_PREFIX, build_gsm_prompt
+from ray_app.errors import ConfigError
 
 # A shared prefix shorter than this is not worth a separate forward pass.
 MIN_SHARED_PREFIX_TOKENS = 16
@@ -98,7 +99,7 @@ class RewardScorer:
             self.pad_token_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
             self.model.config.pad_token_id = self.pad_token_id
         if self.pad_token_id is None:
-            raise ValueError(f"reward model {model_path} has no pad_token_id in its config and its tokenizer has no pad or "
+            raise ConfigError(f"reward model {model_path} has no pad_token_id in its config and its tokenizer has no pad or "
                              "eos token: set config.pad_token_id")
         # Right padding whatever the tokenizer says: pads after the last real token change neither its
         # position nor (causal attention) its hidden state, so a padded row scores as it would alone.

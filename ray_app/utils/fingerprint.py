@@ -14,9 +14,10 @@ import json
 from typing import Any
 
 from ray_app import storage
+from ray_app.errors import UserError
 
 
-class ConfigMismatch(ValueError):
+class ConfigMismatch(UserError, ValueError):
     """Outputs in storage were made with other settings; the message names the fields."""
 
 

@@ -15,8 +15,10 @@ import threading
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
+from ray_app.errors import UserError
 
-class DataError(ValueError):
+
+class DataError(UserError, ValueError):
     """Bad input data. The message names the file, the line and what to fix."""
 
 
