@@ -36,6 +36,10 @@ def render(html_file: Path) -> dict:
                 "images": page.evaluate("[...document.images].map(i => ({alt: i.alt, ok: i.complete && i.naturalWidth > 0, w: i.naturalWidth}))"),
                 "requests": [u for u in requests if u != html_file.resolve().as_uri()],
                 "scripts": page.evaluate("document.scripts.length"),
+                # Tables whose right edge is past the page's (the default viewport is 1280 px wide).
+                "tables_cut": page.evaluate("[...document.querySelectorAll('table')].filter(t => "
+                                            "t.getBoundingClientRect().right > document.documentElement.clientWidth + 1).length"),
+                "width": page.evaluate("document.documentElement.clientWidth"),
             }
         finally:
             browser.close()

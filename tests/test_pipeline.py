@@ -54,7 +54,11 @@ def test_default_pipeline_leaves_the_report(study):
     page = render(report / "report.html")
     assert page["requests"] == [] and all(i["ok"] for i in page["images"]) and len(page["images"]) >= 4
     assert "What a tiny-model run can and cannot show." in "\n".join(page["text"].splitlines()[:3])
-    assert page["headings"][0] == "Table 1: greedy accuracy on the three test sets"
+    assert page["headings"][:2] == ["Findings", "Table 1: greedy accuracy on the three test sets"]
+    assert "nothing here is a finding about real models" in page["text"]
+    assert "small-sft vs small-base" in page["text"] and "Best-of-N minus majority vote: n=1: " in page["text"]
+    assert page["tables_cut"] == 0, "a table is wider than the 1280 px page"
+    assert "## Findings" in (report / "README.md").read_text()
     table1 = {row[0]: row[1:] for row in page["tables"][0][1:]}
     assert set(table1) == {"small-base", "small-sft", "large-base", "large-sft"}
     assert all("; format " in cell and cell.endswith("/40") for cells in table1.values() for cell in cells)

@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 from typing import Optional
 
+from ray_app.analysis.findings import findings
 from ray_app.utils.io import atomic_write_text
 
 # Sections in reading order: (file, heading, how it was produced). A missing file skips its section.
@@ -60,10 +61,20 @@ TINY_NOTE = (
     "Run a real preset (--preset gemma3-1b) for numbers to read."
 )
 
+# Column names as a reader says them (the CSV files keep the names code reads).
+HEADER_WORDS = {
+    "dataset": "test set", "test_set": "test set", "questions": "questions", "difference": "difference (points)",
+    "ci_low": "95% CI from", "ci_high": "95% CI to", "with_a_correct_sample": "questions with a right sample",
+    "majority_failures": "majority vote wrong", "majority_failure_rate": "majority vote wrong (%)",
+    "best_of_n_failures": "Best-of-N wrong", "best_of_n_failure_rate": "Best-of-N wrong (%)",
+    "n": "samples per question", "gsm-symbolic": "GSM-Symbolic", "gsm8k-same_templates": "GSM8K, same templates",
+    "gsm8k-non_overlapping": "GSM8K, other templates",
+}
+
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 h1{font-size:1.6em}h2{font-size:1.25em;margin-top:2em;border-bottom:1px solid #ddd}
-table{border-collapse:collapse;margin:.5em 0;font-size:.9em}th,td{border:1px solid #ccc;padding:.25em .5em;text-align:left}
+table{border-collapse:collapse;margin:.5em 0;font-size:.9em;max-width:100%}td{overflow-wrap:anywhere}th,td{border:1px solid #ccc;padding:.25em .5em;text-align:left}
 th{background:#f3f3f3}p.how{color:#555;font-size:.9em;margin:.3em 0 1em}
 .note{background:#fff4e0;border-left:4px solid #e69500;padding:.7em 1em}img{max-width:100%}
 pre{background:#f7f7f7;padding:.7em;overflow:auto;font-size:.8em}
@@ -87,7 +98,7 @@ def _markdown_table(md: str) -> tuple[str, str, str]:
     if len(rows) < 2:
         return caption, f"<p>{html.escape(body.strip())}</p>", ""
     cells = [[c.strip() for c in row.strip().strip("|").split("|")] for row in rows]
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in cells[0])
+    head = "".join(f"<th>{html.escape(HEADER_WORDS.get(c, c.replace('_', ' ')))}</th>" for c in cells[0])
     trs = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in cells[2:])
     return caption, f"<table><thead><tr>{head}</tr></thead><tbody>{trs}</tbody></table>", after
 
@@ -128,6 +139,11 @@ def write_html_report(folder: str | Path, title: str, models: Optional[dict] = N
     if models:
         parts.append("<p>Models: " + ", ".join(f"<code>{html.escape(k)}</code> = <code>{html.escape(str(v))}</code>"
                                              for k, v in models.items()) + "</p>")
+    sections = findings(folder, tiny)
+    if sections:
+        parts.append('<h2 id="findings">Findings</h2>' + "".join(
+            f"<h3>{html.escape(sec.heading)}</h3><ul>" + "".join(f"<li>{html.escape(x)}</li>" for x in sec.sentences) + "</ul>"
+            for sec in sections))
     for name, heading, how in TABLES:
         path = folder / name
         if not path.is_file():

@@ -209,6 +209,29 @@ def failures_table(groups: Sequence[QuestionSamples], n: int | None = None):
     return pd.DataFrame(rows)
 
 
+def _inspection_order(q: QuestionSamples) -> tuple:
+    """Per model and test set, questions with exactly 3 unique answers first (the course's manual
+    analysis asks for those), then by unique answers and id."""
+    unique = get_unique_preds_count(q.preds)
+    return (q.model, q.dataset, unique != 3, unique, q.question_id)
+
+
+def failures_to_inspect(groups: Sequence[QuestionSamples]):
+    """Every question where majority vote or Best-of-N picked a wrong answer although one of all N samples
+    was right, one row per strategy, in the order a person should read them (`_inspection_order`)."""
+    import pandas as pd
+
+    rows = []
+    for q in sorted(groups, key=_inspection_order):
+        for strategy, failed, picked in (("majority", check_majority_failure(q.preds, q.gold), majority_vote(q.preds)),
+                                         ("best_of_n", check_bon_failure(q.preds, q.rewards, q.gold), best_of_n(q.preds, q.rewards))):
+            if failed:
+                rows.append({"model": q.model, "dataset": q.dataset, "strategy": strategy, "question_id": q.question_id,
+                             "unique_answers": get_unique_preds_count(q.preds), "gold": q.gold, "picked": picked})
+    columns = ["model", "dataset", "strategy", "question_id", "unique_answers", "gold", "picked"]
+    return pd.DataFrame(rows, columns=columns).sort_values(["model", "dataset", "strategy"], kind="stable")
+
+
 def to_markdown(df, float_format: str = "{:.1f}") -> str:
     cols = list(df.columns)
     lines = ["| " + " | ".join(str(c) for c in cols) + " |", "|" + "|".join(" --- " for _ in cols) + "|"]
@@ -292,7 +315,7 @@ def plot_accuracy_vs_n(long_df, path: Path) -> Path:
 
 def failure_modes_text(groups: Sequence[QuestionSamples], n: int | None = None) -> str:
     out = []
-    for q in groups:
+    for q in sorted(groups, key=_inspection_order):
         maj_fail = check_majority_failure(q.preds, q.gold, n)
         bon_fail = check_bon_failure(q.preds, q.rewards, q.gold, n)
         if not (maj_fail or bon_fail):
@@ -304,7 +327,7 @@ def failure_modes_text(groups: Sequence[QuestionSamples], n: int | None = None) 
         out.append(f"failed: {', '.join(s for s, f in (('majority', maj_fail), ('best-of-n', bon_fail)) if f)}")
         out.append(f"question: {q.question}")
         out.append(f"gold: {q.gold}   majority: {majority_vote(preds)}   best-of-n pick: {best_of_n(preds, rewards)}")
-        out.append("answers: " + ", ".join(f"{a} x{c}" for a, c in dist))
+        out.append(f"unique answers: {get_unique_preds_count(preds)}   answers: " + ", ".join(f"{a} x{c}" for a, c in dist))
         for i, (p, r, text) in enumerate(zip(preds, rewards, responses)):
             mark = "correct" if p == q.gold else "wrong"
             out.append(f"--- sample {i}  pred={p}  reward={r:.4f}  {mark}")
@@ -358,6 +381,7 @@ def write_report(df, out_dir: str | Path, ns: Sequence[int] = (1, 2, 4, 8), soft
         "table3_failures.csv": failures.to_csv(index=False, float_format="%.4f"),
         "table3_failures.md": "Failures given at least one correct sample, on all N samples (rates in %)\n\n" + to_markdown(failures),
         "failure_modes.txt": failure_modes_text(groups),
+        "failures_to_inspect.csv": failures_to_inspect(groups).to_csv(index=False),
     }
     paths = {}
     for name, text in texts.items():
