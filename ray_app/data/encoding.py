@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from ray_app.data.prompts import ANSWER_PREFIX, build_gsm_prompt, format_target_answer, gold_from_gsm_answer
+from ray_app.data.prompts import ANSWER_PREFIX, build_gsm_prompt, gold_from_gsm_answer, stated_answer, target_answer
 from ray_app.utils.io import DataError, read_jsonl, sha256_file, sha256_text
 
 COMPLETION_SUFFIX = "<end_of_turn>\n<eos>"
@@ -26,16 +26,17 @@ def build_prompt_text(tokenizer, question: str) -> str:
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + ANSWER_PREFIX
 
 
-def build_completion_text(answer: str) -> str:
-    return format_target_answer(answer) + COMPLETION_SUFFIX
+def build_completion_text(answer: str, answer_format: str = "gsm8k") -> str:
+    return target_answer(answer, answer_format) + COMPLETION_SUFFIX
 
 
-def encode_function(batch: dict[str, list], tokenizer, max_seq_length: int | None = None) -> dict[str, list]:
+def encode_function(batch: dict[str, list], tokenizer, max_seq_length: int | None = None,
+                    answer_format: str = "gsm8k") -> dict[str, list]:
     """Batched `Dataset.map` function: columns `question`, `answer` -> input_ids, labels, attention_mask."""
     out: dict[str, list] = {name: [] for name in ENCODED_COLUMNS}
     for i, (question, answer) in enumerate(zip(batch["question"], batch["answer"])):
         prompt_text = build_prompt_text(tokenizer, question)
-        full_text = prompt_text + build_completion_text(answer)
+        full_text = prompt_text + build_completion_text(answer, answer_format)
         prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
         full_ids = tokenizer(
             full_text,
@@ -80,27 +81,42 @@ def subsample_rows(rows: list[dict], train_pct: float, shuffle: bool, seed: int)
     return rows[:keep]
 
 
-def read_training_rows(path: str | Path) -> list[dict]:
-    """The training rows of a JSONL file, every one checked: a JSON object whose `question` is a non-empty
-    string and whose `answer` is a string ending in GSM8K's '#### N' line (what SFT learns to state as
-    'Final answer: N.'). The first bad row is a DataError naming file and line. The SFT job calls this
-    on the driver before Ray starts, so a bad file never reaches (and restarts) Train workers."""
+def read_training_rows(path: str | Path, question_field: str = "question", answer_field: str = "answer",
+                       answer_format: str = "gsm8k") -> list[dict]:
+    """The training rows of a JSONL file as {question, answer}, every one checked: a JSON object whose
+    `question_field` is a non-empty string and whose `answer_field` is a string; in the 'gsm8k' format it
+    must end with '#### N' (what SFT learns to state as 'Final answer: N.'), in 'metamath' any text is
+    taken (see prompts.target_answer). The first bad row is a DataError naming file and line. The SFT
+    job calls this on the driver before Ray starts, so a bad file never reaches (and restarts) Train workers."""
     path = Path(path)
-    rows = read_jsonl(path, required=("question", "answer"))
+    fields = (question_field, answer_field)
+    rows = read_jsonl(path, required=fields)
     if not rows:
-        raise DataError(f"{path}: no training rows; expected JSONL rows {{\"question\": ..., \"answer\": \"... #### N\"}}")
+        raise DataError(f"{path}: no training rows; expected JSONL rows with '{question_field}' and '{answer_field}'")
     # read_jsonl skips blank lines, so line numbers are counted again here for the messages.
     lines = [n for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1) if line.strip()]
+    out = []
     for lineno, row in zip(lines, rows):
-        question, answer = row["question"], row["answer"]
+        question, answer = row[question_field], row[answer_field]
         if not isinstance(question, str) or not question.strip():
-            raise DataError(f"{path}:{lineno}: 'question' must be a non-empty string, got {question!r:.80}")
-        if not isinstance(answer, str):
-            raise DataError(f"{path}:{lineno}: 'answer' must be a string, got {type(answer).__name__}")
-        if gold_from_gsm_answer(answer) is None:
-            raise DataError(f"{path}:{lineno}: 'answer' has no numeric '#### N' line at its end ({answer[-60:]!r}); "
-                            "SFT teaches the model to end with 'Final answer: N.' taken from it")
-    return rows
+            raise DataError(f"{path}:{lineno}: '{question_field}' must be a non-empty string, got {question!r:.80}")
+        if not isinstance(answer, str) or not answer.strip():
+            raise DataError(f"{path}:{lineno}: '{answer_field}' must be a non-empty string, got {answer!r:.80}")
+        if answer_format == "gsm8k" and gold_from_gsm_answer(answer) is None:
+            hint = (" (it states 'The answer is: ...': MetaMathQA-style data trains with --answer-format metamath)"
+                    if stated_answer(answer) else "")
+            raise DataError(f"{path}:{lineno}: '{answer_field}' has no numeric '#### N' line at its end ({answer[-60:]!r}); "
+                            f"SFT teaches the model to end with 'Final answer: N.' taken from it{hint}")
+        out.append({"question": question, "answer": answer})
+    return out
+
+
+def stated_share(rows: list[dict], answer_format: str) -> float:
+    """The fraction of training answers whose result becomes a 'Final answer: N.' line."""
+    if answer_format == "gsm8k":
+        return 1.0
+    stated = sum(gold_from_gsm_answer(r["answer"]) is not None or stated_answer(r["answer"]) is not None for r in rows)
+    return stated / max(1, len(rows))
 
 
 def load_and_prepare_train_dataset(cfg: Any, tokenizer):
@@ -113,7 +129,9 @@ def load_and_prepare_train_dataset(cfg: Any, tokenizer):
     from datasets import Dataset
 
     path = Path(cfg.train_file)
-    rows = subsample_rows(read_training_rows(path), cfg.train_pct, cfg.shuffle, cfg.seed)
+    answer_format = getattr(cfg, "answer_format", "gsm8k")
+    rows = read_training_rows(path, getattr(cfg, "question_field", "question"), getattr(cfg, "answer_field", "answer"), answer_format)
+    rows = subsample_rows(rows, cfg.train_pct, cfg.shuffle, cfg.seed)
     dataset = Dataset.from_list([{"question": r["question"], "answer": r["answer"]} for r in rows])
 
     # Our own fingerprint of everything the encoding depends on: it names the Arrow cache file and
@@ -125,6 +143,7 @@ def load_and_prepare_train_dataset(cfg: Any, tokenizer):
         str(cfg.train_pct),
         str(cfg.shuffle),
         str(cfg.seed),
+        *([answer_format] if answer_format != "gsm8k" else []),  # default builds keep their cache names
     )[:20]
     cache_file_name = None
     cache_dir = getattr(cfg, "encode_cache_dir", None)
@@ -135,7 +154,7 @@ def load_and_prepare_train_dataset(cfg: Any, tokenizer):
     encoded = dataset.map(
         encode_function,
         batched=True,
-        fn_kwargs={"tokenizer": tokenizer, "max_seq_length": cfg.max_seq_length},
+        fn_kwargs={"tokenizer": tokenizer, "max_seq_length": cfg.max_seq_length, "answer_format": answer_format},
         num_proc=cfg.num_proc if cfg.num_proc and cfg.num_proc > 1 else None,
         load_from_cache_file=cfg.load_from_cache_file,
         cache_file_name=cache_file_name,

@@ -521,6 +521,7 @@ def build_gsm_datasets(
     extra_manifest: dict | None = None,
     run_info: dict | None = None,
     dedupe_train_numbers: bool = False,
+    symbolic_config: str = "main",
 ) -> BuildReport:
     """Write the four JSONL files and `manifest.json` to `out_dir`. Same inputs -> same bytes."""
     t0 = time.perf_counter()
@@ -529,6 +530,9 @@ def build_gsm_datasets(
     seconds["load_gsm8k"] = time.perf_counter() - t0
 
     t1 = time.perf_counter()
+    if symbolic_source == SYMBOLIC_PACKAGE and symbolic_config != "main":
+        raise DataError(f"--symbolic-config {symbolic_config} needs --symbolic-source {HUB_SYMBOLIC} or a local copy of "
+                        f"that variant: {SYMBOLIC_PACKAGE} has only the base templates")
     if symbolic_source == SYMBOLIC_PACKAGE:
         templates = load_templates()
         if num_templates is not None:
@@ -541,12 +545,13 @@ def build_gsm_datasets(
                                "generator": _generator_summary(draws := [report for _, report in drawn])}
         grouped = [(t.id_orig, pool) for t, (pool, _) in zip(templates, drawn)]
         template_seconds = {r.id_orig: round(r.seconds, 3) for r in draws}
-    elif symbolic_source == HUB_SYMBOLIC:
-        grouped, symbolic_provenance = _load_hub_symbolic(num_templates)
+    elif symbolic_source == HUB_SYMBOLIC or _local_source(symbolic_source) or _local_dir(symbolic_source):
+        grouped, symbolic_provenance = _load_hub_symbolic(num_templates, symbolic_config, symbolic_source)
         counts = per_template_counts(train_size, len(grouped))
         template_seconds = {}
     else:
-        raise DataError(f"unknown symbolic source '{symbolic_source}'; use '{SYMBOLIC_PACKAGE}' or '{HUB_SYMBOLIC}'")
+        raise DataError(f"unknown symbolic source '{symbolic_source}': use '{SYMBOLIC_PACKAGE}', '{HUB_SYMBOLIC}', or an "
+                        "existing local copy of the Hub dataset (JSONL/Parquet file or folder)")
     seconds["instantiate_templates"] = time.perf_counter() - t1
 
     for id_orig, _ in grouped:
@@ -631,6 +636,7 @@ def build_gsm_datasets(
             "symbolic_source": symbolic_source,
             "gsm8k_source": gsm8k_source,
             "dedupe_train_numbers": dedupe_train_numbers,
+            **({"symbolic_config": symbolic_config} if symbolic_config != "main" else {}),
         },
         "sources": {**gsm8k_provenance, **symbolic_provenance},
         "files": files,
@@ -661,6 +667,58 @@ def _generator_summary(draws: Sequence[DrawReport]) -> dict:
 
 
 # Beside the manifest: what varies run to run (timings, where it was built, the job's full config).
+# The course's files (CMSC 25700 A4), as students get them, and the split each one is.
+COURSE_FILES = {
+    "gsm_symbolic_train": "gsm_symbolic_train_4500_student.jsonl",
+    "gsm_symbolic_test": "gsm_symbolic_test_100_student.jsonl",
+    "gsm8k_same_templates": "gsm8k_test_100_same_templates.jsonl",
+    "gsm8k_non_overlapping": "gsm8k.test.100.non_overlapping.jsonl",
+}
+
+
+def import_course_files(folder: str, out_dir: str, extra_manifest: dict | None = None, run_info: dict | None = None) -> BuildReport:
+    """The course's four JSONL files (GSM8K-style rows: question, answer ending '#### N'; a template id in
+    `original_id` / `id_orig` when given) as our four splits, every row checked (errors name file and
+    line), and the train/test separation checked as for a build. Same files -> same bytes and manifest."""
+    t0 = time.perf_counter()
+    missing = [name for name in COURSE_FILES.values() if not storage.exists(storage.join(folder, name))]
+    if missing:
+        raise DataError(f"--course-files {folder}: missing {', '.join(missing)}; the folder must hold the course's four "
+                        f"files: {', '.join(COURSE_FILES.values())}")
+    rows: dict[str, list[dict]] = {}
+    sources = {}
+    for split, name in COURSE_FILES.items():
+        path = storage.local_copy(storage.join(folder, name))
+        line_of = [n for n, text in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1) if text.strip()]
+        raw = read_jsonl(path)
+        checked = _validated_gsm_rows(raw, lambda i, p=path: f"{p}:{line_of[i]}")
+        rows[split] = []
+        for i, (row, r) in enumerate(zip(checked, raw)):
+            template = r.get("original_id", r.get("id_orig"))
+            rows[split].append(_row(split, f"{i:04d}", row["question"], row["answer"], row["gold"],
+                                    int(template) if template is not None else None, "course"))
+        sources[split] = {"file": name, "sha256": sha256_file(path)}
+    leaked = check_train_test_separation(rows)
+    out = Path(out_dir)
+    files = {}
+    for split in SPLITS:
+        path = out / f"{split}.jsonl"
+        atomic_write_jsonl(path, rows[split])
+        files[split] = {"path": path.name, "rows": len(rows[split]), "sha256": sha256_file(path)}
+    seconds = {"total": time.perf_counter() - t0}
+    separation = {"test_rows_matching_train": leaked, "train_rows": len(rows["gsm_symbolic_train"]),
+                  "near_duplicates_avoided": {}, "train_rows_repeating_train_numbers": None, "dedupe_train_numbers": False}
+    atomic_write_json(out / TIMINGS_FILE, {**(run_info or {}), "seconds": {k: round(v, 3) for k, v in seconds.items()}})
+    atomic_write_json(out / "manifest.json", {
+        "kind": "gsm_datasets", "seed": None,
+        "config": {"course_files": folder},
+        "sources": {"course_files": sources},
+        "files": files, "separation": separation, **(extra_manifest or {}),
+    })
+    return BuildReport(out_dir=str(out), files=files, counts={s: len(rows[s]) for s in SPLITS}, seconds=seconds,
+                       separation=separation)
+
+
 TIMINGS_FILE = "build_info.json"
 
 
@@ -680,9 +738,13 @@ def build_from_config(cfg, extra_manifest: dict | None = None, run_info: dict | 
         num_templates=cfg.num_templates, symbolic_source=cfg.symbolic_source,
         cache_dir=cfg.cache_dir or str(storage.cache_root() / "gsm_symbolic"), use_ray=cfg.use_ray,
         extra_manifest=extra_manifest, run_info=run_info, dedupe_train_numbers=cfg.dedupe_train_numbers,
+        symbolic_config=cfg.symbolic_config,
     )
     with tempfile.TemporaryDirectory(prefix="ray_app_data_") as tmp:
-        report = build_gsm_datasets(out_dir=tmp, **kwargs)
+        if cfg.course_files:
+            report = import_course_files(cfg.course_files, tmp, extra_manifest, run_info)
+        else:
+            report = build_gsm_datasets(out_dir=tmp, **kwargs)
         # Deletes stay inside the data folder's parent: the folder itself is what gets replaced.
         storage.publish_dir(tmp, cfg.out_dir, root=storage.parent(cfg.out_dir))
     report.out_dir = cfg.out_dir
@@ -721,11 +783,16 @@ def manifest_sha256(data_dir: str) -> str | None:
 
 def build_settings(cfg) -> dict:
     """What decides a build's bytes, as its manifest records it under 'config'."""
+    if getattr(cfg, "course_files", None):
+        return {"course_files": cfg.course_files}
     return {
         "train_size": cfg.train_size, "test_per_template": cfg.test_per_template,
         "non_overlapping_size": cfg.non_overlapping_size, "num_templates": cfg.num_templates,
         "symbolic_source": cfg.symbolic_source, "gsm8k_source": cfg.gsm8k_source,
         "dedupe_train_numbers": cfg.dedupe_train_numbers,
+        # Recorded only when set, so that default builds keep the manifest (and hash) they always had.
+        **({"symbolic_config": cfg.symbolic_config} if getattr(cfg, "symbolic_config", "main") != "main" else {}),
+        **({"course_files": cfg.course_files} if getattr(cfg, "course_files", None) else {}),
     }
 
 
@@ -741,7 +808,7 @@ def ensure_data(data_dir: str, data_cfg, log=print, owned: bool = False) -> str:
     if complete:
         manifest = storage.read_json(storage.join(data_dir, "manifest.json"))
         recorded = {**manifest.get("config", {}), "seed": manifest.get("seed")}
-        wanted = {**build_settings(data_cfg), "seed": data_cfg.seed}
+        wanted = build_settings(data_cfg) if getattr(data_cfg, "course_files", None) else {**build_settings(data_cfg), "seed": data_cfg.seed}
         diff = sorted(k for k in wanted if recorded.get(k) != wanted[k])
         if not (owned and diff):
             log(f"[data] reusing the data sets in {data_dir} (manifest {manifest_sha256(data_dir)}, every file's sha256 checked)")
@@ -750,31 +817,59 @@ def ensure_data(data_dir: str, data_cfg, log=print, owned: bool = False) -> str:
     import dataclasses
 
     reason = "" if why == "no manifest.json" else f" ({why})"
-    log(f"[data] no complete data sets in {data_dir}{reason}: building them ({data_cfg.train_size} training rows, seed {data_cfg.seed})")
+    what = (f"importing the course's files from {data_cfg.course_files}" if getattr(data_cfg, "course_files", None)
+            else f"building them ({data_cfg.train_size} training rows, seed {data_cfg.seed})")
+    log(f"[data] no complete data sets in {data_dir}{reason}: {what}")
     started = time.perf_counter()
     build_from_config(dataclasses.replace(data_cfg, out_dir=data_dir))
     log(f"[data] built in {time.perf_counter() - started:.0f}s -> {data_dir}")
     return data_dir
 
 
-def _load_hub_symbolic(num_templates: int | None) -> tuple[list[tuple[int, list[dict]]], dict]:
-    """apple/GSM-Symbolic: 50 instances per template, grouped by template with `original_id`."""
-    try:
-        import datasets
+def _local_dir(source: str | None) -> Path | None:
+    if not source or storage.is_uri(source) or source == HUB_SYMBOLIC:
+        return None
+    path = Path(source).expanduser()
+    return path if path.is_dir() else None
 
-        ds = datasets.load_dataset(HUB_SYMBOLIC, name="main", split="test")
+
+def _load_hub_symbolic(num_templates: int | None, config: str = "main",
+                       source: str = HUB_SYMBOLIC) -> tuple[list[tuple[int, list[dict]]], dict]:
+    """apple/GSM-Symbolic (`config` main, p1 or p2: 50 instances per template), grouped by template with
+    `original_id`; from the Hub, or from a local copy in the Hub dataset's format (the same columns as a
+    JSONL/Parquet file or a folder of them, read by the same `datasets` loader)."""
+    import datasets
+
+    local = _local_source(source) or _local_dir(source)
+    try:
+        if local is None:
+            ds = datasets.load_dataset(HUB_SYMBOLIC, name=config, split="test")
+            named = f"hf://{HUB_SYMBOLIC}/{config}/test"
+        else:
+            files = sorted(str(p) for p in local.iterdir() if p.suffix in (".jsonl", ".json", ".parquet")) if local.is_dir() else [str(local)]
+            if not files:
+                raise DataError(f"{local}: no .jsonl/.json/.parquet files of {HUB_SYMBOLIC} ({config}) there")
+            ds = datasets.load_dataset("parquet" if files[0].endswith(".parquet") else "json", data_files=files, split="train")
+            named = f"{source} (local copy of {HUB_SYMBOLIC}/{config}, sha256 " + \
+                    sha256_text(*[sha256_file(f) for f in files])[:16] + ")"
+    except DataError:
+        raise
     except Exception as e:
+        where = f"local copy {local}" if local else f"'{HUB_SYMBOLIC}' ({config}) from the Hub"
         raise DataError(
-            f"could not load '{HUB_SYMBOLIC}' from the Hub ({type(e).__name__}: {e}); "
-            f"use --symbolic-source {SYMBOLIC_PACKAGE} to instantiate the templates locally"
+            f"could not load {where} ({type(e).__name__}: {e}); use --symbolic-source {SYMBOLIC_PACKAGE} to "
+            "instantiate the base templates locally, or a local copy of the Hub dataset"
         ) from None
+    missing = [c for c in ("question", "answer", "original_id") if c not in ds.column_names]
+    if missing:
+        raise DataError(f"{local or HUB_SYMBOLIC}: no column(s) {', '.join(missing)}; a GSM-Symbolic copy has "
+                        f"question, answer and original_id (the GSM8K test row its template comes from)")
+    rows = _validated_gsm_rows(list(ds), lambda i: f"{local or HUB_SYMBOLIC} ({config}) row {i + 1}")
     by_template: dict[int, list[dict]] = {}
-    for row in ds:
-        by_template.setdefault(int(row["original_id"]), []).append(
-            {"question": row["question"], "answer": row["answer"]}
-        )
+    for row, raw in zip(rows, ds):
+        by_template.setdefault(int(raw["original_id"]), []).append({"question": row["question"], "answer": row["answer"]})
     grouped = sorted(by_template.items())[:num_templates]
-    return grouped, {"gsm_symbolic": f"hf://{HUB_SYMBOLIC}/main/test"}
+    return grouped, {"gsm_symbolic": named}
 
 
 def load_split(data_dir: str, split: str) -> list[dict]:

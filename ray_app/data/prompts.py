@@ -98,6 +98,32 @@ def format_target_answer(answer: str) -> str:
     return f" {reasoning_from_gsm_answer(answer)}\n{FINAL_ANSWER_MARKER} {gold}."
 
 
+# How training answers state their result. 'gsm8k': every answer ends with '#### N' (GSM8K, GSM-Symbolic,
+# the course's files). 'metamath': MetaMathQA-style data, where answers end 'The answer is: N' (or '#### N');
+# both become the trained 'Final answer: N.', and an answer with neither is learned as written.
+ANSWER_FORMATS = ("gsm8k", "metamath")
+_STATED_ANSWER = re.compile(r"The answer is:?\s*(?P<gold>[^\n]+?)\s*\.?\s*$", re.IGNORECASE)
+
+
+def stated_answer(answer: str) -> tuple[str, str] | None:
+    """(reasoning, normalised number) of an answer ending 'The answer is: N' (MetaMathQA), else None."""
+    match = _STATED_ANSWER.search(answer or "")
+    gold = normalize_number(match.group("gold")) if match else None
+    if gold is None:
+        return None
+    return strip_calculator_annotations(answer[: match.start()]).strip(), gold
+
+
+def target_answer(answer: str, answer_format: str = "gsm8k") -> str:
+    """The completion SFT learns for a training answer in `answer_format` (see ANSWER_FORMATS)."""
+    if answer_format == "gsm8k" or gold_from_gsm_answer(answer) is not None:
+        return format_target_answer(answer)
+    stated = stated_answer(answer)
+    if stated is not None:
+        return f" {stated[0]}\n{FINAL_ANSWER_MARKER} {stated[1]}."
+    return " " + answer.strip()
+
+
 def has_final_answer_line(completion: str) -> bool:
     """Does a generated completion state its result as 'Final answer: <number>.'?"""
     return FINAL_ANSWER_LINE.search(completion) is not None

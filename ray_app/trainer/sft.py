@@ -366,6 +366,10 @@ def training_settings(cfg: SFTConfig, plan: BatchPlan, train_sha256: str) -> dic
         "max_grad_norm": cfg.max_grad_norm, "per_device_batch_size": plan.per_device_batch_size,
         "gradient_accumulation_steps": plan.gradient_accumulation_steps, "world_size": plan.world_size,
         "zero_stage": cfg.zero_stage, "bf16": cfg.bf16, "seed": cfg.seed,
+        # How rows are read and what the model learns from them; recorded only when not GSM8K's (so
+        # earlier runs keep their fingerprint).
+        **({"question_field": cfg.question_field, "answer_field": cfg.answer_field, "answer_format": cfg.answer_format}
+           if (cfg.question_field, cfg.answer_field, cfg.answer_format) != ("question", "answer", "gsm8k") else {}),
     }
 
 
