@@ -34,7 +34,7 @@ from ray_app.analysis.report import read_samples, to_markdown, write_report  # n
 from ray_app.models.registry import parse_model_specs  # noqa: E402
 from ray_app.utils.fingerprint import fingerprint  # noqa: E402
 from ray_app.utils.io import DataError  # noqa: E402
-from ray_app.utils.run_info import versions  # noqa: E402
+from ray_app.utils.run_info import redacted, versions  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -73,12 +73,12 @@ def _main(args) -> int:
         models = dict(parse_model_specs(sampled["models"])) if sampled.get("models") else {}
         if sampled.get("reward_model"):
             models["reward model"] = sampled["reward_model"]
-        storage.write_json(storage.join(local_out, "analysis_manifest.json"), {
+        storage.write_json(storage.join(local_out, "analysis_manifest.json"), redacted({
             "samples": samples, "samples_sha256": samples_sha, "rows": len(df), "settings": settings,
             "config_fingerprint": fingerprint(settings), "ns": ns, "models": models,
             "files": {name: storage.join(out, Path(path).name) for name, path in result["paths"].items()},
             "seconds": time.perf_counter() - started, "versions": versions(),
-        })
+        }))
         result["paths"]["report.html"] = str(write_html_report(local_out, "Inference-time scaling: selection strategies vs samples per question", models))
         storage.publish_dir(local_out, out, args.storage_root)
     print(to_markdown(result["differences"]) if len(result["differences"]) else "")

@@ -132,7 +132,7 @@ def _main(pcfg, args) -> int:
 
     from ray_app.analysis.html_report import write_html_report
     from ray_app.analysis.report import read_samples, write_report
-    from ray_app.utils.run_info import versions
+    from ray_app.utils.run_info import redacted, versions
 
     # The report is assembled in a local folder and published at the end (storage.publish_dir, any
     # root): readers never see half of it.
@@ -157,7 +157,7 @@ def _main(pcfg, args) -> int:
             "sampling_overlap": sampled["overlap"], "analysis": analysis["settings"],
             "files": {name: storage.join(report, Path(path).name) for name, path in analysis["paths"].items()},
         }
-        storage.write_json(str(local / "pipeline_manifest.json"), manifest)
+        storage.write_json(str(local / "pipeline_manifest.json"), redacted(manifest))
         storage.write_text(str(local / "README.md"), _report_markdown(pcfg.report_title, local, timings, labels))
         write_html_report(local, pcfg.report_title, labels)
         storage.publish_dir(local, report, args.storage_root)
@@ -170,7 +170,12 @@ def _report_markdown(title: str, report: Path, timings: dict, labels: dict) -> s
         text = (report / name).read_text()
         return text.split("\n", 2)[2] if text.count("\n") > 2 else text  # drop the file's own caption
 
+    from ray_app.analysis.findings import findings, findings_markdown
+    from ray_app.analysis.html_report import is_embedded_model
+
+    tiny = any(is_embedded_model(str(v)) for v in labels.values())
     lines = [f"# {title}", "", "Models: " + ", ".join(f"`{k}` = `{v}`" for k, v in labels.items()), "",
+             findings_markdown(findings(report, tiny)),
              "## Table 1: greedy accuracy (%) [95% Wilson CI]", "", read("table1_accuracy.md"),
              "SFT minus base (percentage points) [95% paired bootstrap CI]:", "", read("table1_differences.md"),
              "## Table 2: accuracy (%) [95% bootstrap CI] by strategy and samples per question", "",

@@ -28,6 +28,7 @@ import re
 import shutil
 import tempfile
 import time
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,12 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
 class StorageError(UserError, RuntimeError):
-    """A storage root or path that cannot be used; the message names it and what to do."""
+    """A storage root or path that cannot be used; the message names it and what to do.
+
+    The message goes through `redact`: a URI with credentials in it is named without them."""
+
+    def __init__(self, message="", *args):
+        super().__init__(redact(str(message)), *args)
 
 
 class NotFound(StorageError, FileNotFoundError):
@@ -48,6 +54,64 @@ class NotFound(StorageError, FileNotFoundError):
 
 def is_uri(path: str | os.PathLike | None) -> bool:
     return path is not None and "://" in str(path)
+
+
+# Query parameters that carry a credential: presigned S3 / GCS URLs (X-Amz-Signature, X-Amz-Credential,
+# X-Amz-Security-Token, X-Goog-Signature, AWSAccessKeyId + Signature), Azure SAS tokens (sig), API keys.
+_SECRET_PARAMS = {"sig", "key", "apikey", "api_key", "access_key", "accesskey", "awsaccesskeyid", "pwd", "pass", "auth"}
+_SECRET_PARAM_WORDS = ("signature", "token", "secret", "password", "credential")
+_URI_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
+HIDDEN = "***"
+
+
+def _is_secret_param(name: str) -> bool:
+    name = name.lower()
+    return name in _SECRET_PARAMS or any(word in name for word in _SECRET_PARAM_WORDS)
+
+
+def _redact_uri(uri: str) -> str:
+    try:
+        parts = urllib.parse.urlsplit(uri)
+    except ValueError:  # e.g. a malformed IPv6 host: say nothing about it but its scheme
+        return f"{uri.partition('://')[0]}://{HIDDEN}"
+    netloc, path = parts.netloc, parts.path
+    userinfo, at, host = netloc.rpartition("@")
+    if not at and "@" in path and ":" in netloc and not netloc.rpartition(":")[2].isdigit():
+        # KEY:SECRET@bucket with a raw '/' in the secret (AWS secret keys have them): urlsplit ends the
+        # authority at that '/', so the '@' lands in the path.
+        _, at, rest = path.partition("@")
+        host, slash, tail = rest.partition("/")
+        path = slash + tail
+    if at:
+        netloc = f"{HIDDEN}@{host}"
+    query = parts.query
+    if query:
+        pairs = urllib.parse.parse_qsl(query, keep_blank_values=True)
+        if any(_is_secret_param(k) for k, _ in pairs):
+            query = urllib.parse.urlencode([(k, HIDDEN if _is_secret_param(k) else v) for k, v in pairs], safe="*/:,")
+    if (netloc, path, query) == (parts.netloc, parts.path, parts.query):
+        return uri  # nothing to hide: exactly as given
+    return urllib.parse.urlunsplit((parts.scheme, netloc, path, query, parts.fragment))
+
+
+def redact(text: str | os.PathLike | None) -> str:
+    """`text` (a path, a URI, or a message naming them) with credentials hidden, for logs, errors and
+    manifests: the userinfo of a URI (s3://KEY:SECRET@bucket/x, https://user:pw@host/x) and
+    credential query parameters (X-Amz-Signature=..., token=..., Azure SAS sig=...) become '***'.
+    Paths and URIs without credentials come back unchanged. Prefer credentials from the environment
+    or an instance role: a URI with a secret also reaches places we do not control (Ray's own logs)."""
+    text = "" if text is None else str(text)
+    if "://" not in text:
+        return text
+    if text.count("://") == 1 and _URI_IN_TEXT.match(text):
+        return _redact_uri(text)  # one URI, its path may have spaces
+    return _URI_IN_TEXT.sub(_redact_match, text)
+
+
+def _redact_match(match: re.Match) -> str:
+    uri = match.group(0)
+    bare = uri.rstrip(".,;:)]}")  # punctuation of the sentence around the URI
+    return _redact_uri(bare) + uri[len(bare):]
 
 
 def cache_root() -> Path:
@@ -589,7 +653,7 @@ def check_root(root: str) -> None:
 def describe_root(root: str) -> str:
     """One line for the job log: where outputs go and what that means on a cluster."""
     if is_uri(root):
-        return f"[storage] root: {root}"
+        return f"[storage] root: {redact(root)}"
     note = ""
     if ephemeral_working_dir():
         note = " (a folder on the node that runs the driver; on several nodes use shared storage: NFS or s3:// / gs://)"

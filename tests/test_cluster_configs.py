@@ -1,5 +1,7 @@
-"""The cluster configs in cluster/: schema-valid, token auth on, dashboard not exposed, an idle head,
-GPU workers from 0, and a Modal app whose command lines parse with each job's own parser.
+"""The cluster configs in cluster/: schema-valid, token auth on, dashboard not exposed, closed networks
+(SSH from one configurable CIDR, nodes on internal IPs, a NetworkPolicy and non-root containers on
+KubeRay), an idle head, GPU workers from 0, and a Modal app whose command lines parse with each job's
+own parser. Each closed-network check is also run on a broken copy, which it must refuse.
 
 Launcher YAMLs validate against Ray's own ray/autoscaler/ray-schema.json; KubeRay objects against
 the v1 openAPIV3Schema of KubeRay's CRDs (../shared/schemas/kuberay), strictly: unknown fields are
@@ -11,8 +13,10 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import ipaddress
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -127,6 +131,122 @@ def test_launcher_installs_project_and_writes_bucket(name):
     for key, node in config["available_node_types"].items():  # every node has the bucket identity
         nc = node["node_config"]
         assert "IamInstanceProfile" in nc or "serviceAccounts" in nc, key
+
+
+# ------------------------------------------------------------------------------------------------
+# Launcher networks: SSH from SSH_CIDR only, nodes on internal IPs
+# ------------------------------------------------------------------------------------------------
+#
+# Ray's launcher makes no restricted SSH rule itself (the AWS group it makes lets SSH in from anywhere,
+# GCP gets no firewall rules), so each config names a group / network the user makes with the commands
+# in its header comments, from one SSH_CIDR. The checks read both: the config and those commands.
+
+SSH_CIDR_SET = re.compile(r"^#\s+SSH_CIDR=(\S+)", re.M)
+NODE_TAG = "ray-app-gsm"
+
+
+def documented_commands(text: str) -> list[str]:
+    """The shell commands in a config's comments, one string each (backslash continuations joined)."""
+    commands, current = [], ""
+    for line in (raw[1:].strip() for raw in text.splitlines() if raw.startswith("#")):
+        part = line.rstrip("\\").strip()
+        current = f"{current} {part}".strip()
+        if not line.endswith("\\"):
+            commands.append(current)
+            current = ""
+    return commands
+
+
+def check_ssh_cidr(text: str) -> None:
+    """SSH_CIDR is set once, to a network no larger than a /8 (never the whole internet), and the only
+    address-based rules the commands make are SSH (port 22) from it."""
+    values = SSH_CIDR_SET.findall(text)
+    assert len(values) == 1, f"SSH_CIDR is set {len(values)} times in the comments"
+    cidr = ipaddress.ip_network(values[0], strict=False)
+    assert cidr.num_addresses <= 2 ** 24, f"SSH_CIDR={cidr}: SSH open to far more than a VPN or bastion range"
+    sources = re.findall(r"--(?:cidr|source-ranges)[ =](\S+)", text)
+    assert sources and set(sources) == {'"$SSH_CIDR"'}, f"rules from other addresses: {sources}"
+    ssh = [c for c in documented_commands(text) if '"$SSH_CIDR"' in c]
+    assert ssh and all("--port 22 " in c or "--allow tcp:22 " in c for c in ssh), ssh
+
+
+def check_aws_closed(config: dict, text: str) -> None:
+    check_ssh_cidr(text)
+    provider = config["provider"]
+    assert provider.get("use_internal_ips") is True, "nodes would be reached on public IPs"
+    assert "security_group" not in provider, "provider.security_group only adds rules to the launcher's own group, " \
+                                             "which lets SSH in from anywhere"
+    rules = [c for c in documented_commands(text) if "authorize-security-group-ingress" in c]
+    assert any('--source-group "$SG"' in c for c in rules), "no rule lets the nodes reach each other"
+    groups = {json.dumps(n["node_config"].get("SecurityGroupIds")) for n in config["available_node_types"].values()}
+    subnets = {json.dumps(n["node_config"].get("SubnetIds")) for n in config["available_node_types"].values()}
+    # Every node type in the one group and the private subnets: a type without them gets the launcher's group.
+    assert len(groups) == 1 and json.loads(groups.pop()), "a node type without the SSH_CIDR group"
+    assert len(subnets) == 1 and json.loads(subnets.pop()), "a node type without the private subnets"
+    for key, node in config["available_node_types"].items():
+        for nic in node["node_config"].get("NetworkInterfaces", []):
+            assert not nic.get("AssociatePublicIpAddress"), key
+
+
+def check_gcp_closed(config: dict, text: str) -> None:
+    check_ssh_cidr(text)
+    assert config["provider"].get("use_internal_ips") is True, "nodes would be reached on external IPs"
+    rules = [c for c in documented_commands(text) if "firewall-rules create" in c]
+    assert rules and all(f"--target-tags {NODE_TAG}" in c for c in rules), rules
+    assert any(f"--source-tags {NODE_TAG}" in c for c in rules), "no rule lets the nodes reach each other"
+    for key, node in config["available_node_types"].items():
+        nc = node["node_config"]
+        # Without networkInterfaces the launcher gives the node the default network and an external IP.
+        assert nc.get("networkInterfaces"), f"{key}: no networkInterfaces (the launcher's default has an external IP)"
+        for nic in nc["networkInterfaces"]:
+            assert nic.get("subnetwork") and "accessConfigs" not in nic, f"{key}: an external IP"
+        assert NODE_TAG in nc.get("tags", {}).get("items", []), f"{key}: not tagged {NODE_TAG}, its firewall rules miss it"
+
+
+CLOSED_CHECKS = {"aws.yaml": check_aws_closed, "gcp.yaml": check_gcp_closed}
+
+
+@pytest.mark.parametrize("name", LAUNCHER_CONFIGS)
+def test_launcher_ssh_only_from_the_configured_cidr_and_nodes_on_internal_ips(name):
+    CLOSED_CHECKS[name](launcher(name), (CLUSTER / name).read_text())
+
+
+LAUNCHER_BREAKAGES = {
+    "aws.yaml": ["cidr_everywhere", "cidr_unset", "rule_from_anywhere", "public_ips", "node_without_group",
+                 "node_without_subnets", "launcher_security_group"],
+    "gcp.yaml": ["cidr_everywhere", "cidr_unset", "rule_from_anywhere", "public_ips", "external_ip",
+                 "node_without_network", "node_untagged"],
+}
+
+
+@pytest.mark.parametrize("name,breakage", [(n, b) for n, bs in LAUNCHER_BREAKAGES.items() for b in bs])
+def test_launcher_closed_checks_refuse_a_broken_copy(name, breakage):
+    text = (CLUSTER / name).read_text()
+    config = copy.deepcopy(launcher(name))
+    (cidr,) = SSH_CIDR_SET.findall(text)
+    worker = next(v for k, v in config["available_node_types"].items() if k != config["head_node_type"])["node_config"]
+    if breakage == "cidr_everywhere":
+        text = text.replace(f"SSH_CIDR={cidr}", "SSH_CIDR=0.0.0.0/0")
+    elif breakage == "cidr_unset":
+        text = text.replace(f"SSH_CIDR={cidr}", "")
+    elif breakage == "rule_from_anywhere":
+        text = text.replace('--cidr "$SSH_CIDR"', "--cidr 0.0.0.0/0").replace('--source-ranges "$SSH_CIDR"', "--source-ranges 0.0.0.0/0")
+    elif breakage == "public_ips":
+        config["provider"]["use_internal_ips"] = False
+    elif breakage == "node_without_group":
+        del worker["SecurityGroupIds"]
+    elif breakage == "node_without_subnets":
+        del worker["SubnetIds"]
+    elif breakage == "launcher_security_group":
+        config["provider"]["security_group"] = {"GroupName": "ray-app-gsm", "IpPermissions": []}
+    elif breakage == "external_ip":
+        worker["networkInterfaces"] = [{**worker["networkInterfaces"][0], "accessConfigs": [{"type": "ONE_TO_ONE_NAT"}]}]
+    elif breakage == "node_without_network":
+        del worker["networkInterfaces"]
+    else:
+        worker["tags"] = {"items": []}
+    with pytest.raises(AssertionError):
+        CLOSED_CHECKS[name](config, text)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -262,6 +382,186 @@ def test_kuberay_idle_head_gpu_groups_from_zero_and_bucket(name):
             assert env["RAY_APP_STORAGE_ROOT"]["value"].startswith(("s3://", "gs://"))
             assert env["HF_TOKEN"]["valueFrom"]["secretKeyRef"]
             assert pod["spec"]["serviceAccountName"]
+
+
+# Closed by default on Kubernetes: who reaches the Ray pods, and as which user they run.
+
+POLICY_FILE = "kuberay-raycluster.yaml"  # beside the ServiceAccount every cluster of the app uses (its comment says why)
+RAY_USER = 1000  # the `ray` user of the rayproject/ray images
+JOB_API_PORT = 8265
+OPERATOR_NAMESPACE_KEY = "kubernetes.io/metadata.name"  # set by Kubernetes itself: a namespace cannot fake it
+
+
+def network_policies() -> list[dict]:
+    return [d for d in kuberay_docs(POLICY_FILE) if d["kind"] == "NetworkPolicy"]
+
+
+def selects(selector: dict, labels: dict) -> bool:
+    """Whether a Kubernetes label selector (matchLabels / matchExpressions) selects these labels."""
+    ops = {"In": lambda k, v: labels.get(k) in v, "NotIn": lambda k, v: labels.get(k) not in v,
+           "Exists": lambda k, v: k in labels, "DoesNotExist": lambda k, v: k not in labels}
+    return (all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items())
+            and all(ops[e["operator"]](e["key"], e.get("values", [])) for e in selector.get("matchExpressions", [])))
+
+
+def pod_labels(obj: dict) -> dict[str, dict]:
+    """The labels KubeRay gives each kind of Pod: the template's, plus its own node type and cluster name
+    (a RayJob's cluster has a generated name)."""
+    spec = cluster_specs(obj)
+    cluster = obj["metadata"]["name"] if obj["kind"] == "RayCluster" else obj["metadata"]["name"] + "-x7k2p"
+    pods = {"head": {**spec["headGroupSpec"]["template"].get("metadata", {}).get("labels", {}), "ray.io/node-type": "head"}}
+    for group in spec["workerGroupSpecs"]:
+        pods[group["groupName"]] = {**group["template"].get("metadata", {}).get("labels", {}), "ray.io/node-type": "worker",
+                                    "ray.io/group": group["groupName"]}
+    return {k: {**v, "ray.io/cluster": cluster} for k, v in pods.items()}
+
+
+def check_network_policy(policies: list[dict], obj: dict) -> None:
+    """Every Ray pod of the cluster is guarded by an Ingress NetworkPolicy whose rules admit only (a) the
+    cluster's own pods, on any port; (b) submitter pods of this namespace and (c) the KubeRay operator's
+    pods of one named namespace, on the job API port only. No rule is open to every pod, namespace or
+    address; a RayJob's submitter is admitted to the job API."""
+    pods = pod_labels(obj)
+    for policy in policies:
+        assert policy["apiVersion"] == "networking.k8s.io/v1" and set(policy["spec"]) <= {"podSelector", "policyTypes", "ingress", "egress"}
+    for pod, labels in pods.items():
+        guarding = [p for p in policies if "Ingress" in p["spec"].get("policyTypes", []) and selects(p["spec"]["podSelector"], labels)]
+        assert guarding, f"no NetworkPolicy guards the {pod} pods: anything in the cluster reaches them"
+        for policy in guarding:
+            for rule in policy["spec"].get("ingress", []):
+                assert rule.get("from"), f"{policy['metadata']['name']}: a rule without 'from' admits every pod and address"
+                ports = {p.get("port") for p in rule.get("ports", [])}
+                for peer in rule["from"]:
+                    assert set(peer) <= {"podSelector", "namespaceSelector"}, f"an ipBlock or unknown peer: {peer}"
+                    selector = peer.get("podSelector")
+                    assert selector and (selector.get("matchLabels") or selector.get("matchExpressions")), \
+                        f"a peer that selects every pod of its namespace(s): {peer}"
+                    if "namespaceSelector" in peer:  # the operator, in the one namespace it was installed in
+                        names = peer["namespaceSelector"].get("matchLabels", {})
+                        assert set(names) == {OPERATOR_NAMESPACE_KEY}, f"a peer in any namespace: {peer}"
+                        assert selects(selector, {"app.kubernetes.io/component": "kuberay-operator"}), peer
+                        assert ports == {JOB_API_PORT}, f"the operator reaches ports {ports}"
+                    elif all(selects(selector, other) for other in pods.values()):  # the cluster's own pods
+                        assert selector.get("matchLabels", {}).get("ray-app/ray-node") == "true", f"selects more than Ray pods: {peer}"
+                    else:  # anything else is a submitter, and reaches the job API only
+                        assert selector.get("matchLabels") == {"ray-app/submitter": "true"}, f"an unexpected peer: {peer}"
+                        assert ports == {JOB_API_PORT}, f"submitters reach ports {ports}"
+    if obj["kind"] == "RayJob":
+        submitter = obj["spec"]["submitterPodTemplate"]["metadata"]["labels"]
+        assert any(selects(peer.get("podSelector", {}), submitter) and "namespaceSelector" not in peer
+                   and JOB_API_PORT in {p.get("port") for p in rule.get("ports", [])}
+                   for p in policies for rule in p["spec"].get("ingress", []) for peer in rule["from"]), \
+            "the RayJob's submitter cannot reach the job API"
+
+
+def check_non_root(obj: dict) -> None:
+    """Every container KubeRay runs for this object (Ray head and workers, the autoscaler sidecar, a
+    RayJob's submitter) runs as the image's ray user, never root, without privilege escalation or
+    capabilities, under the runtime's default seccomp profile."""
+    spec = cluster_specs(obj)
+    templates = {"head": spec["headGroupSpec"]["template"]}
+    templates.update({g["groupName"]: g["template"] for g in spec["workerGroupSpecs"]})
+    if obj["kind"] == "RayJob":
+        templates["submitter"] = obj["spec"]["submitterPodTemplate"]
+    containers = [(f"{pod}/{c['name']}", c.get("securityContext", {}), t["spec"].get("securityContext", {}))
+                  for pod, t in templates.items() for c in t["spec"]["containers"] + t["spec"].get("initContainers", [])]
+    if spec.get("enableInTreeAutoscaling"):  # KubeRay adds it to the head Pod with autoscalerOptions' securityContext
+        containers.append(("head/autoscaler", spec.get("autoscalerOptions", {}).get("securityContext", {}),
+                           templates["head"]["spec"].get("securityContext", {})))
+    for where, sc, pod_sc in containers:
+        effective = {k: sc.get(k, pod_sc.get(k)) for k in ("runAsNonRoot", "runAsUser", "seccompProfile")}
+        assert effective["runAsNonRoot"] is True, f"{where}: may run as root"
+        assert effective["runAsUser"] == RAY_USER, f"{where}: runs as uid {effective['runAsUser']}"
+        assert (effective["seccompProfile"] or {}).get("type") == "RuntimeDefault", f"{where}: no seccomp profile"
+        assert sc.get("allowPrivilegeEscalation") is False and not sc.get("privileged"), f"{where}: may escalate"
+        caps = sc.get("capabilities", {})
+        assert "ALL" in caps.get("drop", []) and not caps.get("add"), f"{where}: keeps Linux capabilities"
+
+
+@pytest.mark.parametrize("name", KUBERAY_FILES)
+def test_kuberay_only_the_clusters_pods_the_submitter_and_the_operator_reach_the_ray_pods(name):
+    policies = network_policies()
+    assert len(policies) == 1
+    for obj in ray_objects(name):
+        check_network_policy(policies, obj)
+
+
+@pytest.mark.parametrize("name", KUBERAY_FILES)
+def test_kuberay_every_container_runs_as_the_ray_user_without_privileges(name):
+    for obj in ray_objects(name):
+        check_non_root(obj)
+
+
+@needs_crds
+def test_network_policy_validates_against_the_kubernetes_schema_in_kuberays_crd():
+    """KubeRay's CRD embeds Kubernetes' NetworkPolicyIngressRule and LabelSelector schemas: the policy's
+    rules and selector validate strictly against them (a misspelled key is an error)."""
+    rules = crd_schema("RayCluster")["properties"]["spec"]["properties"]["networkPolicy"]["properties"]["head"]["properties"]["ingressRules"]
+    selector = rules["items"]["properties"]["from"]["items"]["properties"]["podSelector"]
+    (policy,) = network_policies()
+    jsonschema.validate(policy["spec"]["ingress"], rules)
+    jsonschema.validate(policy["spec"]["podSelector"], selector)
+    broken = copy.deepcopy(policy["spec"]["ingress"])
+    broken[0]["form"] = broken[0].pop("from")
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(broken, rules)
+
+
+NETWORK_BREAKAGES = ["policy_removed", "policy_selects_no_ray_pod", "rule_from_everyone", "rule_from_any_address",
+                     "rule_from_every_pod", "operator_any_namespace", "submitter_any_port", "submitter_unlabelled"]
+SECURITY_BREAKAGES = ["root_user", "run_as_non_root_removed", "privilege_escalation", "capabilities_kept",
+                      "autoscaler_unrestricted", "no_seccomp", "submitter_root"]
+
+
+@pytest.mark.parametrize("breakage", NETWORK_BREAKAGES + SECURITY_BREAKAGES)
+@pytest.mark.parametrize("name", KUBERAY_FILES)
+def test_kuberay_closed_checks_refuse_a_broken_copy(name, breakage):
+    obj = copy.deepcopy(ray_objects(name)[0])
+    if breakage in ("submitter_unlabelled", "submitter_root") and obj["kind"] != "RayJob":
+        pytest.skip("a RayCluster has no submitter of its own")
+    policies = copy.deepcopy(network_policies())
+    spec = cluster_specs(obj)
+    head, worker = spec["headGroupSpec"]["template"], spec["workerGroupSpecs"][0]["template"]
+    ingress = policies[0]["spec"]["ingress"]
+    if breakage == "policy_removed":
+        policies = []
+    elif breakage == "policy_selects_no_ray_pod":
+        head["metadata"]["labels"] = {}
+    elif breakage == "rule_from_everyone":
+        ingress.append({"ports": [{"protocol": "TCP", "port": 8000}]})
+    elif breakage == "rule_from_any_address":
+        ingress.append({"from": [{"ipBlock": {"cidr": "0.0.0.0/0"}}]})
+    elif breakage == "rule_from_every_pod":
+        ingress.append({"from": [{"podSelector": {}}]})
+    elif breakage == "operator_any_namespace":
+        next(p for r in ingress for p in r["from"] if "namespaceSelector" in p)["namespaceSelector"] = {}
+    elif breakage == "submitter_any_port":
+        next(r for r in ingress if "ports" in r).pop("ports")
+    elif breakage == "root_user":
+        worker["spec"]["containers"][0]["securityContext"] = {**worker["spec"]["containers"][0]["securityContext"], "runAsUser": 0}
+    elif breakage == "run_as_non_root_removed":  # from the pod and its container: nothing says non-root any more
+        worker["spec"]["securityContext"] = {k: v for k, v in worker["spec"]["securityContext"].items() if k != "runAsNonRoot"}
+        c = worker["spec"]["containers"][0]
+        c["securityContext"] = {k: v for k, v in c["securityContext"].items() if k != "runAsNonRoot"}
+    elif breakage == "privilege_escalation":
+        c = head["spec"]["containers"][0]
+        c["securityContext"] = {**c["securityContext"], "allowPrivilegeEscalation": True}
+    elif breakage == "capabilities_kept":
+        c = head["spec"]["containers"][0]
+        c["securityContext"] = {**c["securityContext"], "capabilities": {"drop": [], "add": ["NET_ADMIN"]}}
+    elif breakage == "autoscaler_unrestricted":
+        spec["autoscalerOptions"].pop("securityContext")
+    elif breakage == "no_seccomp":
+        head["spec"]["securityContext"] = {k: v for k, v in head["spec"]["securityContext"].items() if k != "seccompProfile"}
+        c = head["spec"]["containers"][0]
+        c["securityContext"] = {k: v for k, v in c["securityContext"].items() if k != "seccompProfile"}
+    elif breakage == "submitter_unlabelled":
+        obj["spec"]["submitterPodTemplate"]["metadata"]["labels"] = {}
+    else:  # submitter_root
+        obj["spec"]["submitterPodTemplate"]["spec"]["containers"][0].pop("securityContext")
+    check = (lambda: check_network_policy(policies, obj)) if breakage in NETWORK_BREAKAGES else (lambda: check_non_root(obj))
+    with pytest.raises(AssertionError):
+        check()
 
 
 def test_rayjobs_shut_down_and_run_the_jobs():

