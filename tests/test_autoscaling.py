@@ -84,21 +84,6 @@ def test_packing_follows_the_placement_strategy():
     assert effective_bundles([{"CPU": 1, "GPU": 0}], "PACK") == [{"CPU": 1.0}]  # zeros ask for nothing
 
 
-def test_waits_for_the_autoscaler_then_returns_and_withdraws_its_request():
-    from ray_app.utils.resources import Capacity, wait_for_resources
-
-    seen = iter([[{}], [{}], [{}, {"CPU": 2.0, "GPU": 1.0}]])  # the head, then a GPU worker joins
-    requests, lines = [], []
-    waited = wait_for_resources([{"CPU": 1, "GPU": 1}], 30, "generation actors", log=lines.append,
-                                capacity=lambda: Capacity(nodes=next(seen), autoscaler=True, node_types=_fake_types()),
-                                poll_s=0.01, report_every_s=0, request=requests.append)
-    assert waited < 5
-    assert requests == [[{"CPU": 1.0, "GPU": 1.0}], None]  # asked the autoscaler, then withdrew the request
-    assert lines[0].startswith("[resources] waiting for 1 x {'CPU': 1, 'GPU': 1} (generation actors): cluster has ")
-    assert "the autoscaler can add: gpu_worker {'CPU': 2, 'GPU': 1} x2" in lines[0]
-    assert "available after" in lines[-1]
-
-
 def test_impossible_request_stops_at_once_naming_resource_offer_and_flags():
     from ray_app.config import ConfigError
     from ray_app.utils.resources import Capacity, ResourcesUnavailable, wait_for_resources
@@ -106,8 +91,7 @@ def test_impossible_request_stops_at_once_naming_resource_offer_and_flags():
     started = time.monotonic()
     with pytest.raises(ResourcesUnavailable) as e:
         wait_for_resources([{"CPU": 1, "GPU": 2}], 600, "generation actors", hint="--num-gpus-per-actor",
-                           capacity=lambda: Capacity(nodes=[{}], autoscaler=True, node_types=_fake_types(), source="x.yaml"),
-                           request=None)
+                           capacity=lambda: Capacity(nodes=[{}], autoscaler=True, node_types=_fake_types(), source="x.yaml"))
     assert time.monotonic() - started < 1
     assert isinstance(e.value, ConfigError)  # jobs print it as 'error: ...' and exit 2 (ray_app/cli.py)
     msg = str(e.value)
@@ -128,7 +112,7 @@ def test_on_a_local_ray_without_gpus_a_gpu_request_times_out_and_a_cpu_one_passe
         started = time.monotonic()
         with pytest.raises(ResourcesUnavailable) as e:
             wait_for_resources([{"CPU": 1, "GPU": 1}], 3, "SFT workers", hint="--no-use-gpu", log=lines.append,
-                               poll_s=0.5, report_every_s=1)
+                               report_every_s=1)
         assert 3 <= time.monotonic() - started < 10
         assert "did not provide within 3s (--resource-wait-s)" in str(e.value) and "no autoscaler" in str(e.value)
         assert "cluster has {'CPU': 1} on 1 node" in str(e.value) and "--no-use-gpu" in str(e.value)

@@ -29,6 +29,8 @@ def _node_env(home: Path) -> dict:
     torch_ext = os.environ.get("TORCH_EXTENSIONS_DIR") or str(Path("~/.cache/torch_extensions").expanduser())
     return {"HOME": str(home), "XDG_CACHE_HOME": str(home / ".cache"), "TORCH_EXTENSIONS_DIR": torch_ext,
             "HF_HUB_OFFLINE": "1", "WANDB_SILENT": "true",
+            # The GPUs these nodes declare are not real: work given one runs on the CPU (utils/devices.py).
+            "RAY_APP_DECLARED_GPUS": "cpu",
             "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": os.environ["RAY_AUTH_TOKEN"]}
 
 

@@ -22,9 +22,13 @@ from pathlib import Path
 from ray_app import storage
 from ray_app.config import BatchPlan, SFTConfig
 from ray_app.utils.fingerprint import check_or_record
-from ray_app.utils.run_info import versions
+from ray_app.utils.run_info import redacted, versions
 
 CHECKPOINT_SUBDIR = "checkpoint"
+# HF checkpoints kept in a node's scratch folder (older ones are in storage through Ray Train).
+SAVE_TOTAL_LIMIT = 1
+# Ray's default label naming the node (public since label selectors; `ray._raylet.RAY_NODE_ID_KEY`).
+NODE_ID_LABEL = "ray.io/node-id"
 
 
 def _checkpointing_arg() -> str:
@@ -111,7 +115,9 @@ def _make_callbacks(cfg: SFTConfig):
 
         Ranks on one node share the local output dir, so its first rank reports the whole folder
         (every local rank's ZeRO shards); the others report metrics only. Ray merges the nodes'
-        folders into one checkpoint.
+        folders into one checkpoint. Then the node's first rank removes older checkpoint folders from
+        the scratch folder: HF's `save_total_limit` rotates only on world rank 0's node, and every
+        other node would keep every checkpoint's shards until the end.
         """
 
         def on_save(self, args, state, control, **kwargs):
@@ -127,6 +133,8 @@ def _make_callbacks(cfg: SFTConfig):
                     ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
             else:
                 ray.train.report(metrics, checkpoint=None)
+            if context.get_local_rank() == 0:
+                rotate_local_checkpoints(args.output_dir, SAVE_TOTAL_LIMIT)
 
     class FaultDrill(TrainerCallback):
         """`--fail-at-step K`: the last rank kills itself with SIGKILL once at step K (a lost worker)."""
@@ -176,7 +184,47 @@ def _make_callbacks(cfg: SFTConfig):
     return callbacks
 
 
+def rotate_local_checkpoints(output_dir: str | Path, keep: int) -> list[str]:
+    """Delete all but the newest `keep` HF checkpoint folders (checkpoint-<step>) of a node's scratch
+    folder; returns the names deleted."""
+    folders = [(int(d.name.split("-", 1)[1]), d) for d in Path(output_dir).glob("checkpoint-*")
+               if d.is_dir() and d.name.split("-", 1)[1].isdigit()]
+    old = [d for _, d in sorted(folders)][:-keep] if keep > 0 else [d for _, d in folders]
+    for d in old:
+        shutil.rmtree(d, ignore_errors=True)
+    return [d.name for d in old]
+
+
+def scratch_dir(run_name: str, run_dir: str, attempt_id: str) -> Path:
+    """This node's scratch folder for one launch of a run (HF checkpoints, the export before upload).
+
+    Named by the run folder too: runs of one name into other storage roots (other users, tests) on the
+    same node never share or clean each other's folders; one run folder has one run at a time (run_lock)."""
+    import hashlib
+
+    where = hashlib.sha256(run_dir.encode()).hexdigest()[:10]
+    return Path(tempfile.gettempdir()) / "ray_app_sft" / f"{run_name}-{where}" / f"attempt-{attempt_id}"
+
+
 def train_func(config: dict) -> None:
+    """One Ray Train worker. The node's scratch folder goes when the worker ends, failed or not; a
+    worker killed outright (SIGKILL, a lost node) leaves it, and the node's next worker of the run
+    removes the earlier launches' folders (a run folder is locked to one run at a time)."""
+    import ray.train
+
+    cfg = SFTConfig(**config["sft"])
+    output_dir = scratch_dir(cfg.resolved_run_name, cfg.run_dir, config["attempt_id"])
+    if ray.train.get_context().get_local_rank() == 0:
+        for stale in output_dir.parent.glob("attempt-*"):
+            if stale != output_dir:
+                shutil.rmtree(stale, ignore_errors=True)
+    try:
+        _train_on_worker(config, output_dir)
+    finally:
+        shutil.rmtree(output_dir, ignore_errors=True)  # this worker's node-local scratch (run name: a plain name)
+
+
+def _train_on_worker(config: dict, output_dir: Path) -> None:
     import ray.train
     import torch
     from transformers import (
@@ -202,6 +250,10 @@ def train_func(config: dict) -> None:
     context = ray.train.get_context()
     rank = context.get_world_rank()
     check_placement(context, cfg)
+    # A GPU Ray assigned that torch cannot see stops here, naming the node and the ids (utils/devices.py).
+    from ray_app.utils.devices import assigned_device
+
+    assigned_device()
     # The device Ray assigned to this worker (cuda:<local index> with use_gpu, else cpu).
     on_gpu = get_device().type == "cuda"
     bf16 = cfg.bf16 if cfg.bf16 is not None else on_gpu
@@ -230,8 +282,7 @@ def train_func(config: dict) -> None:
         print(f"[sft] placement: " + ", ".join(f"rank {p['rank']} on {p['node_ip']} ({p['device']})" for p in placement), flush=True)
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    # Node-local scratch for HF checkpoints; Ray Train copies them to storage on every save.
-    output_dir = Path(tempfile.gettempdir()) / "ray_app_sft" / cfg.resolved_run_name / f"attempt-{config['attempt_id']}"
+    # Node-local scratch (`output_dir`) for HF checkpoints; Ray Train copies them to storage on every save.
     args = TrainingArguments(
         output_dir=str(output_dir),
         run_name=cfg.resolved_run_name,
@@ -249,7 +300,7 @@ def train_func(config: dict) -> None:
         logging_first_step=True,
         save_strategy="steps",
         save_steps=cfg.save_steps,
-        save_total_limit=1,
+        save_total_limit=SAVE_TOTAL_LIMIT,
         save_only_model=False,
         seed=cfg.seed,
         data_seed=cfg.seed,
@@ -320,7 +371,6 @@ def train_func(config: dict) -> None:
         # Readers (model resolution) take the folder only once its _COMPLETE.json is there, written last.
         storage.publish_dir(export_tmp, config["export_dir"], config["storage_root"])
     ray.train.report({"global_step": trainer.state.global_step, "train_loss": result.training_loss}, checkpoint=None)
-    shutil.rmtree(output_dir, ignore_errors=True)  # this worker's node-local scratch (run name: a plain name)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -332,7 +382,8 @@ def placement_strategy(cfg: SFTConfig) -> str:
     """Workers per node as torchrun would place them: nproc_per_node on each of nnodes nodes.
 
     One node: all workers on it (STRICT_PACK). One worker per node: each on its own (STRICT_SPREAD).
-    Otherwise PACK fills one node's GPUs before the next; `check_placement` verifies the result.
+    Otherwise no strategy alone does it (PACK may put 8 workers on one 8-GPU node, SPREAD spreads
+    them over every node there is): `place_workers` reserves the nodes and pins the workers to them.
     """
     if cfg.nnodes == 1:
         return "STRICT_PACK"
@@ -341,8 +392,52 @@ def placement_strategy(cfg: SFTConfig) -> str:
     return "PACK"
 
 
+def place_workers(cfg: SFTConfig, resources: dict, log=print, capacity=None) -> tuple[str, list[dict] | None]:
+    """Driver side, before Ray Train starts: reserve what the workers need, as laid out, or stop.
+
+    Returns Ray Train's placement strategy and, for nnodes > 1 with nproc_per_node > 1, one label
+    selector per worker. The whole need is one placement group (utils/resources.py: it waits, with a
+    message every ~10 s, for free resources, or stops after --resource-wait-s / at once when no node
+    could ever hold it): on one node, nproc_per_node worker bundles STRICT_PACK; across nodes, one
+    bundle per node holding that node's nproc_per_node workers, STRICT_SPREAD (so a node with 8 GPUs
+    counts once for --nproc-per-node 4, and 3 nodes are never asked of 2).
+
+    Why pins: Ray Train 2.60 creates its own placement group with one bundle per worker and takes no
+    existing one, and no strategy over per-worker bundles gives "4 on each of 2 nodes" on 8-GPU nodes
+    (PACK may put all 8 on one; SPREAD spreads them over every node). Its ScalingConfig does take a label selector per
+    worker, so worker i is pinned to the node of bundle i // nproc_per_node (Ray's `ray.io/node-id`
+    label), and the reservation is released right before `fit` so that Train's group takes its place.
+    The layout is thus checked here, once, before any worker starts; it is never a worker failure
+    retried --max-failures times. The price: a restart inside Ray Train cannot move a pinned worker to
+    another node, so `_run_sft` lets Ray Train fail fast when the pinned nodes are gone (or taken in
+    the moment between release and start) and places the workers again, resuming from the latest
+    checkpoint. One worker per node needs no pins (STRICT_SPREAD), and Ray Train's own restarts go to
+    any node (a replacement node included).
+    """
+    from ray_app.utils.resources import ResourcesUnavailable, cluster_capacity, reserve
+
+    nproc, nnodes = cfg.nproc_per_node, cfg.nnodes
+    if nnodes == 1:
+        bundles, strategy = [resources] * nproc, "STRICT_PACK"
+    else:
+        bundles, strategy = [{k: v * nproc for k, v in resources.items()}] * nnodes, "STRICT_SPREAD"
+    what = f"SFT workers ({nproc} per node x {nnodes} node{'s' if nnodes != 1 else ''})"
+    with reserve(bundles, cfg.resource_wait_s, what, hint="--nproc-per-node, --nnodes, --cpus-per-worker, --no-use-gpu",
+                 strategy=strategy, log=log, capacity=capacity or cluster_capacity) as held:
+        if nnodes == 1 or nproc == 1:
+            return placement_strategy(cfg), None
+        nodes = held.node_ids()
+    if len(set(nodes)) != nnodes:  # STRICT_SPREAD guarantees it; a wrong layout must never reach the workers
+        raise ResourcesUnavailable(f"{what}: Ray placed the per-node bundles on {len(set(nodes))} nodes, not {nnodes}")
+    log(f"[sft] reserved nodes: {nproc} workers on each of " + ", ".join(n[:12] for n in nodes))
+    return "PACK", [{NODE_ID_LABEL: nodes[i // nproc]} for i in range(nproc * nnodes)]
+
+
 def check_placement(context, cfg: SFTConfig) -> None:
-    """Worker side: refuse a layout other than nproc_per_node workers on each of nnodes nodes."""
+    """Worker side: refuse a layout other than nproc_per_node workers on each of nnodes nodes.
+
+    `place_workers` settles the layout on the driver before any worker starts, so this is a guard
+    against a bug there, not the check a user meets."""
     local, node_rank = context.get_local_world_size(), context.get_node_rank()
     if local != cfg.nproc_per_node or node_rank >= cfg.nnodes:
         raise RuntimeError(
@@ -403,7 +498,7 @@ def _run_sft(cfg: SFTConfig, root: str, log) -> dict:
     from ray.train.torch import TorchConfig, TorchTrainer
 
     plan = BatchPlan.from_config(cfg)
-    from ray_app.utils.resources import gpus_reachable, wait_for_resources
+    from ray_app.utils.resources import gpus_reachable
 
     # Not told: GPUs when a node has them or a node type the autoscaler can add does (GPU workers from 0).
     use_gpu = cfg.use_gpu if cfg.use_gpu is not None else gpus_reachable()
@@ -421,18 +516,6 @@ def _run_sft(cfg: SFTConfig, root: str, log) -> dict:
     resources = {"CPU": cfg.cpus_per_worker}
     if use_gpu:
         resources["GPU"] = 1
-    scaling = ray.train.ScalingConfig(
-        num_workers=plan.world_size,
-        use_gpu=use_gpu,
-        resources_per_worker=resources,
-        placement_strategy=placement_strategy(cfg),
-    )
-    run_config = ray.train.RunConfig(
-        name=cfg.resolved_run_name,
-        storage_path=cfg.storage_path,
-        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.num_checkpoints_to_keep),
-        failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
-    )
     export_dir = cfg.resolved_export_dir
     worker_config = {
         "sft": asdict(cfg),
@@ -442,19 +525,48 @@ def _run_sft(cfg: SFTConfig, root: str, log) -> dict:
         "fingerprint": fingerprint,
         "env": _wandb_env(cfg),
     }
-    trainer = TorchTrainer(
-        train_func,
-        train_loop_config=worker_config,
-        scaling_config=scaling,
-        run_config=run_config,
-        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
-    )
-    log(f"[sft] launching Ray Train: {plan.world_size} workers ({cfg.nproc_per_node} per node x {cfg.nnodes} nodes, "
-        f"{scaling.placement_strategy}), use_gpu={use_gpu}, ZeRO-{cfg.zero_stage}, checkpoints -> {run_dir}")
-    wait_for_resources([resources] * plan.world_size, cfg.resource_wait_s, "SFT workers", strategy=scaling.placement_strategy,
-                       hint="--nproc-per-node, --nnodes, --cpus-per-worker, --no-use-gpu", log=log)
-    started = time.perf_counter()
-    result = trainer.fit()
+    started = None
+    relaunches = 0
+    while True:
+        strategy, pins = place_workers(cfg, resources, log=log)
+        scaling = ray.train.ScalingConfig(
+            num_workers=plan.world_size,
+            use_gpu=use_gpu,
+            resources_per_worker=resources,
+            placement_strategy=strategy,
+            label_selector=pins,
+        )
+        # Pinned workers: a worker group that cannot start (its nodes gone) fails at once, and is placed
+        # again below, instead of Ray Train waiting for those nodes for ever.
+        failure = ray.train.FailureConfig(max_failures=cfg.max_failures, **({"controller_failure_limit": 0} if pins else {}))
+        run_config = ray.train.RunConfig(
+            name=cfg.resolved_run_name,
+            storage_path=cfg.storage_path,
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.num_checkpoints_to_keep),
+            failure_config=failure,
+        )
+        trainer = TorchTrainer(
+            train_func,
+            train_loop_config=worker_config,
+            scaling_config=scaling,
+            run_config=run_config,
+            torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        )
+        log(f"[sft] launching Ray Train: {plan.world_size} workers ({cfg.nproc_per_node} per node x {cfg.nnodes} nodes, "
+            f"{strategy}{', pinned to the reserved nodes' if pins else ''}), use_gpu={use_gpu}, ZeRO-{cfg.zero_stage}, "
+            f"checkpoints -> {run_dir}")
+        started = started or time.perf_counter()
+        try:
+            result = trainer.fit()
+            break
+        except ray.train.ControllerError as e:
+            # Only a worker group that could not start (Ray Train's WorkerGroupStartup* errors) is placed again.
+            cannot_start = type(e.controller_failure).__name__.startswith("WorkerGroupStartup")
+            if not pins or not cannot_start or (0 <= cfg.max_failures <= relaunches):
+                raise
+            relaunches += 1
+            log(f"[sft] the workers could not start on their reserved nodes ({e.controller_failure}); placing them "
+                f"again and resuming from the latest checkpoint (relaunch {relaunches}, --max-failures {cfg.max_failures})")
     seconds = time.perf_counter() - started
     if result.error:
         raise RuntimeError(f"training failed: {result.error}") from result.error
@@ -477,5 +589,5 @@ def _run_sft(cfg: SFTConfig, root: str, log) -> dict:
 
 def save_run_manifest(cfg: SFTConfig, summary: dict, extra: dict | None = None) -> str:
     path = storage.join(cfg.run_dir, "run_manifest.json")
-    storage.write_json(path, {"config": asdict(cfg), **summary, **(extra or {})})
+    storage.write_json(path, redacted({"config": asdict(cfg), **summary, **(extra or {})}))
     return path
