@@ -112,10 +112,19 @@ def serve_cluster(full_data):
 
     init_ray()
     path = resolve_model_path("tiny-llama-reward", corpus_file=str(full_data / "gsm_symbolic_train.jsonl"))
-    deploy_reward_model(ServeSettings(model_path=path, port=PORT, max_body_bytes=100_000, max_responses=64, num_cpus=0.5), APP)
+    deploy_reward_model(ServeSettings(model_path=path, port=PORT, max_body_bytes=100_000, max_responses=64, max_text_chars=20_000,
+                                      num_cpus=0.5), APP)
     yield path
     serve.shutdown()
     ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def direct_scorer(serve_cluster):
+    """The served reward model loaded in this process: what the endpoint's scores must equal."""
+    from ray_app.reward.scorer import RewardScorer
+
+    return RewardScorer(serve_cluster)
 
 
 URL = f"http://127.0.0.1:{PORT}/{APP}/score"
@@ -128,34 +137,174 @@ def test_http_good_request(serve_cluster):
     assert len(scores) == 3 and all(isinstance(s, float) for s in scores) and len(set(scores)) == 3
 
 
-def test_http_scores_match_the_scorer_run_directly(serve_cluster):
-    from ray_app.reward.scorer import RewardScorer
-
+def test_http_scores_match_the_scorer_run_directly(serve_cluster, direct_scorer):
     q, rs = "What is 6 x 7?", ["6 x 7 = 42\nFinal answer: 42.", "Final answer: 41."]
-    direct = RewardScorer(serve_cluster).score([q, q], rs)
+    direct = direct_scorer.score([q, q], rs)
     served = requests.post(URL, json={"question": q, "responses": rs}, timeout=60).json()["scores"]
     assert served == pytest.approx(direct, abs=1e-5)
 
 
-@pytest.mark.parametrize(
-    "body, status, message",
-    [
-        (b'{"question": "q", "responses": ["a"', 400, "not valid JSON"),
-        (b'{"responses": ["a"]}', 422, "missing field(s): question"),
-        (b'{"question": "q"}', 422, "missing field(s): responses"),
-        (b'{"question": "q", "responses": []}', 422, "'responses' is empty"),
-        (b'{"question": "q", "responses": [1, 2]}', 422, "list of strings"),
-        (b'["q", "a"]', 422, "expected a JSON object"),
-        (json.dumps({"question": "q", "responses": ["x" * 200_000]}).encode(), 413, "limit is 100000"),
-        (json.dumps({"question": "q", "responses": ["a"] * 65}).encode(), 413, "65 responses; the limit is 64"),
-    ],
-)
+def _body(**fields) -> bytes:
+    return json.dumps(fields).encode()
+
+
+# Hostile bodies: each gets a 4xx whose "error" names the problem (pydantic's field path), and the replica
+# keeps serving. The fixture's limits: 100,000 bytes, 64 responses, 20,000 characters per text.
+HOSTILE = [
+    pytest.param(b'{"question": "q", "responses": ["a"', 400, "not valid JSON", id="truncated-json"),
+    pytest.param(b"", 400, "not valid JSON: EOF", id="empty-body"),
+    pytest.param(b"   \n", 400, "not valid JSON: EOF", id="whitespace-body"),
+    pytest.param(b'{"question": "q\xff\xfe", "responses": ["a"]}', 400, "invalid unicode code point", id="non-utf8"),
+    # A lone surrogate parses in Python's json but is no Unicode text (it cannot be encoded to UTF-8 for the tokenizer).
+    pytest.param(b'{"question": "q\\ud800", "responses": ["a"]}', 400, "not valid JSON", id="lone-surrogate"),
+    # Nested deeper than the parser's limit (~200), inside a field and at the top: 400, not a RecursionError 500.
+    pytest.param(b'{"question": "q", "responses": ' + b"[" * 40_000 + b"]" * 40_000 + b"}", 400, "recursion limit exceeded",
+                 id="deep-nesting-in-field"),
+    pytest.param(b"[" * 49_000 + b"]" * 49_000, 400, "recursion limit exceeded", id="deep-nesting-top"),
+    pytest.param(b'{"q": ' * 10_000 + b"1" + b"}" * 10_000, 400, "recursion limit exceeded", id="deep-nesting-objects"),
+    pytest.param(b'["q", "a"]', 422, "body: Input should be an object", id="top-level-array"),
+    pytest.param(b"null", 422, "body: Input should be an object", id="null"),
+    pytest.param(b'"q"', 422, "body: Input should be an object", id="top-level-string"),
+    pytest.param(b'{"responses": ["a"]}', 422, "question: Field required", id="missing-question"),
+    pytest.param(b'{"question": "q"}', 422, "responses: Field required", id="missing-responses"),
+    pytest.param(_body(question=123, responses=["a"]), 422, "question: Input should be a valid string", id="question-int"),
+    pytest.param(_body(question=["q"], responses=["a"]), 422, "question: Input should be a valid string", id="question-list"),
+    pytest.param(_body(question="  ", responses=["a"]), 422, "question: must not be blank", id="question-blank"),
+    pytest.param(b'{"question": NaN, "responses": ["a"]}', 422, "question: Input should be a valid string", id="nan-literal"),
+    pytest.param(b'{"question": "q", "responses": [Infinity, "a"]}', 422, "responses.0: Input should be a valid string",
+                 id="infinity-literal"),
+    pytest.param(_body(question="q", responses="a"), 422, "responses: Input should be a valid array", id="responses-string"),
+    pytest.param(_body(question="q", responses={"0": "a"}), 422, "responses: Input should be a valid array", id="responses-object"),
+    pytest.param(_body(question="q", responses=None), 422, "responses: Input should be a valid array", id="responses-null"),
+    pytest.param(_body(question="q", responses=[]), 422, "responses: List should have at least 1 item", id="responses-empty"),
+    pytest.param(_body(question="q", responses=["a", 2]), 422, "responses.1: Input should be a valid string", id="responses-int"),
+    pytest.param(_body(question="q", responses=[["a"]]), 422, "responses.0: Input should be a valid string", id="responses-nested"),
+    pytest.param(_body(question="q", responses=["a"], response=["b"]), 422, "response: Extra inputs are not permitted",
+                 id="extra-field"),
+    pytest.param(_body(question="q", responses=["x" * 200_000]), 413, "limit is 100000", id="huge-body"),
+    pytest.param(_body(question="q", responses=["a"] * 65), 413, "65 responses; the limit is 64", id="too-many-responses"),
+    pytest.param(_body(question="q", responses=["a", "x" * 20_001]), 413, "response 1 is 20001 characters; the limit is 20000",
+                 id="response-too-long"),
+    pytest.param(_body(question="q" * 20_001, responses=["a"]), 413, "the question is 20001 characters", id="question-too-long"),
+]
+
+
+@pytest.mark.parametrize("body, status, message", HOSTILE)
 def test_http_bad_payloads_get_4xx_and_the_server_keeps_serving(serve_cluster, body, status, message):
     r = requests.post(URL, data=body, headers={"Content-Type": "application/json"}, timeout=60)
     assert r.status_code == status, r.text
-    assert message in r.json()["error"]
+    assert message in r.json()["error"], r.json()
     ok = requests.post(URL, json={"question": "q", "responses": ["a"]}, timeout=60)
     assert ok.status_code == 200 and len(ok.json()["scores"]) == 1
+
+
+def test_http_payload_100k_deep_is_a_400_not_a_recursion_error():
+    """The old json.loads check raised RecursionError (a 500) here; pydantic's parser stops at its depth limit."""
+    from ray_app.reward.serve_app import PayloadError, ServeSettings, validate_payload
+
+    body = b'{"question": "q", "responses": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    with pytest.raises(PayloadError, match="recursion limit exceeded") as e:
+        validate_payload(body, ServeSettings(model_path="unused", max_body_bytes=1_000_000))
+    assert e.value.status == 400
+
+
+def test_http_128_concurrent_requests_all_succeed_with_the_one_by_one_scores(serve_cluster, direct_scorer):
+    from concurrent.futures import ThreadPoolExecutor
+
+    questions = [f"Ann has {a} apples and buys {a + 1} more. How many apples?" for a in range(2, 10)]
+    answers = ["{s}\nFinal answer: {s}.", "I think {w}.", "Final answer: {w}.", "{a} + {b} = {s}"]
+    pairs = {}  # (question index, answer index) -> (question, response)
+    for qi, q in enumerate(questions):
+        a, b = qi + 2, qi + 3
+        for ai, template in enumerate(answers):
+            pairs[qi, ai] = (q, template.format(a=a, b=b, s=a + b, w=a + b + 1))
+    one_by_one = {key: direct_scorer.score([q], [r])[0] for key, (q, r) in pairs.items()}
+    requests_ = [(k % 8, [(k + j) % 4 for j in range(1 + k % 3)]) for k in range(128)]  # 1-3 responses each
+    start = threading.Barrier(len(requests_))
+
+    def post(req):
+        qi, ais = req
+        start.wait(timeout=60)  # all 128 in flight together
+        return requests.post(URL, json={"question": questions[qi], "responses": [pairs[qi, ai][1] for ai in ais]}, timeout=120)
+
+    with ThreadPoolExecutor(len(requests_)) as pool:
+        answered = list(pool.map(post, requests_))
+    assert [r.status_code for r in answered] == [200] * 128, [r.text for r in answered if r.status_code != 200][:3]
+    for (qi, ais), r in zip(requests_, answered):
+        assert r.json()["scores"] == pytest.approx([one_by_one[qi, ai] for ai in ais], abs=1e-5)
+
+
+def test_health_check_runs_the_model_on_the_fixed_pair(serve_cluster, direct_scorer):
+    from ray_app.reward.serve_app import HEALTH_QUESTION, HEALTH_RESPONSE, get_reward_handle
+
+    r = requests.get(f"http://127.0.0.1:{PORT}/{APP}/healthz", timeout=60)
+    assert r.status_code == 200, r.text
+    health = r.json()
+    assert health["ok"] is True and (health["question"], health["response"]) == (HEALTH_QUESTION, HEALTH_RESPONSE)
+    assert health["health_score"] == pytest.approx(direct_scorer.score([HEALTH_QUESTION], [HEALTH_RESPONSE])[0], abs=1e-5)
+    stats = get_reward_handle(APP).stats.remote().result(timeout_s=60)
+    assert stats["health_checks"] >= 2  # Serve's check before the replica took requests, and this /healthz
+
+
+def _replica_with_scorer(scores_by_response: dict):
+    """The deployment's class, built without Serve or a model: its scorer answers `scores_by_response`."""
+    from ray_app.reward.scorer import ScoringStats
+    from ray_app.reward.serve_app import RewardModel, ServeSettings
+
+    class FakeScorer:
+        stats = ScoringStats()
+        device = "cpu"
+
+        def score(self, questions, responses, batch_size=32):
+            return [scores_by_response[r] for r in responses]
+
+    cls = next(c for c in RewardModel.func_or_class.__mro__ if "check_health" in vars(c))  # ours, not Serve's ASGI wrapper
+    replica = cls.__new__(cls)
+    replica.settings, replica.scorer = ServeSettings(model_path="fake"), FakeScorer()
+    replica._model_lock, replica.batch_sizes, replica.compute_seconds, replica.health_checks = threading.Lock(), [], 0.0, 0
+
+    async def score_pair(pair):  # Serve's batching needs a replica; the batch method only calls the scorer
+        return replica._run_scorer([pair[0]], [pair[1]])[0]
+
+    replica._score_pair = score_pair
+    return replica
+
+
+def test_http_and_handle_never_answer_a_non_finite_score():
+    import asyncio
+    import pickle
+
+    from ray.exceptions import RayTaskError
+    from starlette.requests import Request
+
+    from ray_app.reward.serve_app import HEALTH_RESPONSE, NonFiniteScore
+
+    replica = _replica_with_scorer({"good": 1.5, "nan": float("nan"), "inf": float("inf"), HEALTH_RESPONSE: float("-inf")})
+
+    async def post(body: bytes):
+        async def receive():
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        return await replica.http_score(Request({"type": "http", "method": "POST", "headers": []}, receive))
+
+    async def drive():
+        assert (await replica.score(["q"], ["good"]))["scores"] == [1.5]
+        with pytest.raises(NonFiniteScore) as raised:  # the handle path the sampler calls
+            await replica.score(["q"] * 4, ["good", "nan", "good", "inf"])
+        http = await post(_body(question="q", responses=["good", "inf"]))
+        healthz = await replica.healthz()
+        with pytest.raises(NonFiniteScore):
+            await replica.check_health()  # Serve marks the replica unhealthy and replaces it
+        return raised.value, http, healthz
+
+    error, http, healthz = asyncio.run(drive())
+    assert error.indices == [1, 3] and "1: nan, 3: inf" in str(error)
+    # Through Ray (handle -> sampler) the exception keeps its type and indices.
+    crossed = pickle.loads(pickle.dumps(RayTaskError("score", "traceback", error))).as_instanceof_cause()
+    assert isinstance(crossed, NonFiniteScore) and crossed.indices == [1, 3]
+    assert http.status_code == 500 and json.loads(http.body)["indices"] == [1]
+    assert "1: inf" in json.loads(http.body)["error"]
+    assert healthz.status_code == 503 and "NonFiniteScore" in json.loads(healthz.body)["error"]
 
 
 def test_http_binds_to_loopback_only(serve_cluster):

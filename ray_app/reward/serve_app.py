@@ -9,22 +9,32 @@ another run's model nor delete another run's app; `serving_reward_model` deletes
 Every (question, response) pair is one call of a `@serve.batch` method, so pairs from all callers
 (sampler batches, HTTP requests) are scored together in batches of up to `max_batch_size`; within
 a batch, responses to the same question share one forward pass over the prompt (see scorer.py).
-Bad payloads get a 4xx with a message; the replica keeps serving.
+
+A body is checked for size first (413), then parsed and validated in one step by pydantic
+(`ScoreRequest.model_validate_json`, a Rust parser with a nesting limit): every malformed body gets a
+4xx naming the field, and the replica keeps serving. A score that is NaN or +-inf is never answered as a
+number: HTTP gets a 500 naming the response, the Python handle raises `NonFiniteScore`. Serve's health
+check (`check_health`) and `GET /<app>/healthz` score one fixed pair with the model.
 """
 
 # No `from __future__ import annotations`: FastAPI must see the real Request annotation.
 
 import asyncio
+import dataclasses
 import hashlib
-import json
+import math
 import os
 import re
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Annotated
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
 from ray import serve
 
 from ray_app.utils import metrics
@@ -57,37 +67,121 @@ class ServeSettings:
     port: int = 8000
     max_body_bytes: int = 1_000_000
     max_responses: int = 256
+    max_text_chars: int = 50_000  # per question or response; the scorer reads at most 2048 tokens of a pair anyway
+    health_check_period_s: float = 10.0  # Serve's default: how often Serve calls check_health (one pair through the model)
+    health_check_timeout_s: float = 30.0  # Serve's default: a check slower than this marks the replica unhealthy
 
 
 class PayloadError(ValueError):
-    def __init__(self, status: int, message: str):
+    """A bad /score body: `status` is the HTTP answer, `errors` pydantic's list (loc, type, msg) when it has one."""
+
+    def __init__(self, status: int, message: str, errors: "list[dict] | None" = None):
         super().__init__(message)
         self.status = status
+        self.errors = errors or []
+
+    def content(self) -> dict:
+        return {"error": str(self), "errors": self.errors} if self.errors else {"error": str(self)}
 
 
-def validate_payload(body: bytes, max_body_bytes: int, max_responses: int) -> "tuple[str, list[str]]":
-    """Parse and check a /score body; raises PayloadError(status, message) naming the problem."""
-    if len(body) > max_body_bytes:
-        raise PayloadError(413, f"body is {len(body)} bytes; the limit is {max_body_bytes}")
+class ScoreRequest(BaseModel):
+    """The body of POST /<app>/score: {"question": str, "responses": [str, ...]}.
+
+    Strict: JSON types as they are, nothing coerced (`123` is not a string); unknown fields are refused,
+    so a misspelt "response" is an error rather than silently ignored. The limits that are deployment
+    settings (`max_responses`, `max_text_chars`) come in the validation context; without one only the
+    fixed rules apply (a non-blank question, at least one response)."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    question: str
+    responses: Annotated[list[str], Field(min_length=1)]
+
+    @field_validator("question")
+    @classmethod
+    def _question(cls, question: str, info: ValidationInfo) -> str:
+        if not question.strip():
+            raise PydanticCustomError("blank", "must not be blank")
+        _check_length(question, "the question", info)
+        return question
+
+    @field_validator("responses")
+    @classmethod
+    def _responses(cls, responses: list[str], info: ValidationInfo) -> list[str]:
+        limit = (info.context or {}).get("max_responses")
+        if limit is not None and len(responses) > limit:
+            raise PydanticCustomError("too_many_responses", "{count} responses; the limit is {limit} per request",
+                                      {"count": len(responses), "limit": limit})
+        for i, response in enumerate(responses):
+            _check_length(response, f"response {i}", info)
+        return responses
+
+
+def _check_length(text: str, what: str, info: ValidationInfo) -> None:
+    limit = (info.context or {}).get("max_text_chars")
+    if limit is not None and len(text) > limit:
+        raise PydanticCustomError("text_too_long", "{what} is {length} characters; the limit is {limit}",
+                                  {"what": what, "length": len(text), "limit": limit})
+
+
+class ScoreResponse(BaseModel):
+    """The answer of POST /<app>/score: one finite score per response, in order."""
+
+    scores: list[Annotated[float, Field(allow_inf_nan=False)]]
+
+
+# Validation errors that are about size, not shape: 413 like a body over max_body_bytes.
+TOO_LARGE = {"too_many_responses", "text_too_long"}
+SHAPE = 'expected {"question": str, "responses": [str, ...]}'
+
+
+def validate_payload(body: bytes, settings: ServeSettings) -> ScoreRequest:
+    """Check and parse a /score body; raises PayloadError(status, message) naming the problem.
+
+    413: the body or a limit is too large; 400: not JSON (empty, not UTF-8, nested deeper than the
+    parser's limit, a lone surrogate escape like "\\ud800", which no UTF-8 text can hold); 422: JSON of
+    the wrong shape or types (NaN and Infinity parse as numbers and are refused as not strings)."""
+    if len(body) > settings.max_body_bytes:
+        raise PayloadError(413, f"body is {len(body)} bytes; the limit is {settings.max_body_bytes}")
+    context = {"max_responses": settings.max_responses, "max_text_chars": settings.max_text_chars}
     try:
-        payload = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise PayloadError(400, f"body is not valid JSON: {e}") from None
-    if not isinstance(payload, dict):
-        raise PayloadError(422, 'expected a JSON object {"question": str, "responses": [str]}')
-    missing = [k for k in ("question", "responses") if k not in payload]
-    if missing:
-        raise PayloadError(422, f"missing field(s): {', '.join(missing)}")
-    question, responses = payload["question"], payload["responses"]
-    if not isinstance(question, str) or not question.strip():
-        raise PayloadError(422, "'question' must be a non-empty string")
-    if not isinstance(responses, list) or not all(isinstance(r, str) for r in responses):
-        raise PayloadError(422, "'responses' must be a list of strings")
-    if not responses:
-        raise PayloadError(422, "'responses' is empty; send at least one response to score")
-    if len(responses) > max_responses:
-        raise PayloadError(413, f"{len(responses)} responses; the limit is {max_responses} per request")
-    return question, responses
+        return ScoreRequest.model_validate_json(body, context=context)
+    except ValidationError as e:
+        errors = [{"loc": list(err["loc"]), "type": err["type"], "msg": err["msg"]} for err in e.errors(include_url=False)]
+    if errors[0]["type"] == "json_invalid":
+        raise PayloadError(400, f"body is not valid JSON: {errors[0]['msg'].removeprefix('Invalid JSON: ')}", errors)
+    problems = [f"{'.'.join(map(str, err['loc'])) or 'body'}: {err['msg']}" for err in errors]
+    more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+    status = 413 if any(err["type"] in TOO_LARGE for err in errors) else 422
+    raise PayloadError(status, f"{'; '.join(problems[:5])}{more}; {SHAPE}", errors[:20])
+
+
+class NonFiniteScore(ValueError):
+    """The reward model returned NaN or +-inf for some pairs: the model is broken, not the request.
+    `indices` are the positions of those pairs in the call (the Python handle's aligned lists, or the
+    HTTP body's responses), `values` their scores."""
+
+    def __init__(self, indices: "list[int]", values: "list[float]", total: int):
+        self.indices, self.values, self.total = list(indices), list(values), total
+        shown = ", ".join(f"{i}: {v}" for i, v in list(zip(self.indices, self.values))[:10])
+        super().__init__(f"reward model returned {len(self.indices)} non-finite score(s) of {total} "
+                         f"(index: score) {shown}{' ...' if len(self.indices) > 10 else ''}")
+
+    def __reduce__(self):  # crosses Ray's process boundary (Serve handle -> sampler) intact
+        return (type(self), (self.indices, self.values, self.total))
+
+
+def check_finite(scores: "list[float]") -> "list[float]":
+    """`scores` unchanged when every one is a finite number; else NonFiniteScore naming the indices."""
+    bad = [i for i, s in enumerate(scores) if not math.isfinite(s)]
+    if bad:
+        raise NonFiniteScore(bad, [scores[i] for i in bad], len(scores))
+    return scores
+
+
+# The health check's input: one short pair, scored by the model every health_check_period_s.
+HEALTH_QUESTION = "Tom has 2 pens and buys 3 more. How many pens does he have?"
+HEALTH_RESPONSE = "2 + 3 = 5\nFinal answer: 5."
 
 
 @serve.deployment(name=DEPLOYMENT_NAME)
@@ -106,8 +200,23 @@ class RewardModel:
         self.scorer = RewardScorer(materialize_model(self.settings.model_path, self.settings.corpus_file), device=assigned_device())
         self._score_pair.set_max_batch_size(self.settings.max_batch_size)
         self._score_pair.set_batch_wait_timeout_s(self.settings.batch_wait_timeout_s)
+        # One forward pass at a time: batches run one after another anyway (serve.batch), and the health
+        # check, which skips the batch queue so that a long queue cannot time it out, waits here for the
+        # batch in progress instead of running beside it (twice the memory, racing the scorer's stats).
+        self._model_lock = threading.Lock()
         self.batch_sizes: list[int] = []
         self.compute_seconds = 0.0  # time inside the scorer: with wall time, how busy the replica was
+        self.health_checks = 0
+
+    def _run_scorer(self, questions: list[str], responses: list[str], counted: bool = True) -> list[float]:
+        with self._model_lock:
+            if counted:
+                return self.scorer.score(questions, responses, len(questions))
+            saved = dataclasses.replace(self.scorer.stats)  # the health pair stays out of the scoring stats
+            try:
+                return self.scorer.score(questions, responses, len(questions))
+            finally:
+                self.scorer.stats = saved
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
     async def _score_pair(self, pairs: list[tuple[str, str]]) -> list[float]:
@@ -115,18 +224,30 @@ class RewardModel:
         questions, responses = zip(*pairs)
         # The forward pass is synchronous; run it off the event loop so requests keep queueing.
         started = time.perf_counter()
-        scores = await asyncio.get_running_loop().run_in_executor(None, self.scorer.score, list(questions), list(responses), len(pairs))
+        scores = await asyncio.get_running_loop().run_in_executor(None, self._run_scorer, list(questions), list(responses))
         seconds = time.perf_counter() - started
         self.compute_seconds += seconds
         metrics.reward_batch(len(pairs), seconds, self.settings.model_path)  # gsm_samples_scored, _batch_size, _latency_seconds
         return scores
 
     async def score(self, questions: list[str], responses: list[str]) -> dict:
-        """Handle API: scores for aligned lists, with when and where they were computed."""
+        """Handle API: scores for aligned lists, with when and where they were computed. Raises
+        NonFiniteScore (naming the indices) when the model returns NaN or +-inf for any pair."""
         if len(questions) != len(responses):
             raise ValueError(f"{len(questions)} questions but {len(responses)} responses")
         scores = await asyncio.gather(*(self._score_pair((q, r)) for q, r in zip(questions, responses)))
-        return {"scores": list(scores), "scored_at": time.time(), "replica_pid": os.getpid()}
+        return {"scores": check_finite(list(scores)), "scored_at": time.time(), "replica_pid": os.getpid()}
+
+    async def health_score(self) -> float:
+        """The model's score of the fixed health pair; raises when it cannot score or the score is not finite."""
+        self.health_checks += 1
+        scores = await asyncio.get_running_loop().run_in_executor(None, self._run_scorer, [HEALTH_QUESTION], [HEALTH_RESPONSE], False)
+        return check_finite(scores)[0]
+
+    async def check_health(self):
+        """Serve calls this every health_check_period_s (and once before a new replica takes requests):
+        an exception marks the replica unhealthy and Serve replaces it."""
+        await self.health_score()
 
     def stats(self) -> dict:
         import torch
@@ -136,27 +257,39 @@ class RewardModel:
             "mean_batch_size": sum(self.batch_sizes) / max(1, len(self.batch_sizes)),
             "pid": os.getpid(),
             "compute_seconds": round(self.compute_seconds, 3),
+            "health_checks": self.health_checks,  # each one pair through the model, outside the batches and these stats
             "torch_threads": torch.get_num_threads(),
             "device": self.scorer.device,
             "scoring": self.scorer.stats.as_dict(),  # prefix sharing: tokens a pair-by-pair scorer would run vs ran
         }
 
-    @http_app.post("/score")
+    @http_app.post("/score", response_model=ScoreResponse)
     async def http_score(self, request: Request):
+        # The raw body, checked for size before anything parses it (FastAPI's own body parsing would parse first).
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > self.settings.max_body_bytes:
             # Refuse before reading a huge body into memory.
             return JSONResponse(status_code=413, content={"error": f"body is {declared} bytes; the limit is {self.settings.max_body_bytes}"})
         try:
-            question, responses = validate_payload(await request.body(), self.settings.max_body_bytes, self.settings.max_responses)
+            payload = validate_payload(await request.body(), self.settings)
         except PayloadError as e:
-            return JSONResponse(status_code=e.status, content={"error": str(e)})
-        scores = await asyncio.gather(*(self._score_pair((question, r)) for r in responses))
-        return {"scores": list(scores)}
+            return JSONResponse(status_code=e.status, content=e.content())
+        scores = await asyncio.gather(*(self._score_pair((payload.question, r)) for r in payload.responses))
+        try:
+            return ScoreResponse(scores=check_finite(list(scores)))
+        except NonFiniteScore as e:  # the model is broken, not the request: a 5xx naming the responses
+            return JSONResponse(status_code=500, content={"error": f"{e} (indices into 'responses')", "indices": e.indices})
 
     @http_app.get("/healthz")
     async def healthz(self):
-        return {"ok": True}
+        """200 with the model's score of the fixed health pair, or 503 with the reason it could not score it."""
+        started = time.perf_counter()
+        try:
+            score = await self.health_score()
+        except Exception as e:  # noqa: BLE001 - any failure is the answer: unhealthy, and why
+            return JSONResponse(status_code=503, content={"ok": False, "error": f"{type(e).__name__}: {str(e)[:500]}"})
+        return {"ok": True, "health_score": score, "seconds": round(time.perf_counter() - started, 4),
+                "question": HEALTH_QUESTION, "response": HEALTH_RESPONSE}
 
 
 def target_ongoing_requests_for(in_flight: int, max_replicas: int) -> int:
@@ -261,7 +394,8 @@ def deploy_reward_model(settings: ServeSettings, app_name: str, blocking_timeout
             f"(one that died, or ran with --keep-serving)")
         serve.delete(app_name)
     actor_options = {"num_cpus": settings.num_cpus, "num_gpus": settings.num_gpus}
-    options = {"ray_actor_options": actor_options, "max_ongoing_requests": settings.max_ongoing_requests}
+    options = {"ray_actor_options": actor_options, "max_ongoing_requests": settings.max_ongoing_requests,
+               "health_check_period_s": settings.health_check_period_s, "health_check_timeout_s": settings.health_check_timeout_s}
     if settings.autoscaling:
         options["autoscaling_config"] = autoscaling_config(settings)
     else:
