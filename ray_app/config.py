@@ -137,7 +137,12 @@ class SFTConfig:
     zero_stage: int = _f(2, "DeepSpeed ZeRO stage 0-3", ge=0, le=3)
     offload_optimizer: bool = _f(False, "ZeRO-Offload optimizer states to CPU (stage >= 1)")
     offload_param: bool = _f(False, "offload parameters to CPU (stage 3)")
-    bf16: Optional[bool] = _f(None, "bf16 mixed precision; default: on GPUs yes, on CPU no (fp32)")
+    bf16: Optional[bool] = _f(None, "bf16 mixed precision (16-bit compute, fp32 master weights in the optimizer); default: "
+                              "on GPUs yes, on CPU no (fp32)")
+    torch_dtype: Optional[str] = _f(None, "dtype the weights are loaded in (from_pretrained's torch_dtype), apart from --bf16: "
+                                    "'bfloat16' without --bf16 trains in pure bf16 (no fp32 master copy: half the optimizer "
+                                    "memory, coarser updates); default: bfloat16 with --bf16, else float32",
+                                    choices=("float32", "bfloat16"))
     gradient_checkpointing: bool = _f(False, "recompute activations to save memory")
     # bookkeeping
     seed: int = _f(1234, "seed for data order, init and dropout", ge=0)
@@ -177,6 +182,16 @@ class SFTConfig:
     @property
     def resolved_encode_cache_dir(self) -> str:
         return self.encode_cache_dir or str(storage.cache_root() / "encoded")
+
+    def precision(self, on_gpu: bool) -> tuple[bool, str]:
+        """(bf16 mixed precision, dtype the weights are loaded in): the one place both defaults are decided.
+
+        mixed + bfloat16: 16-bit weights and compute, fp32 master weights in the optimizer (DeepSpeed bf16).
+        mixed + float32: loaded in fp32 and cast to bf16 by DeepSpeed, so it trains like the first.
+        no mixed + bfloat16: pure bf16, the optimizer's states in bf16 too (no fp32 master copy).
+        no mixed + float32: fp32 throughout (the CPU default)."""
+        mixed = self.bf16 if self.bf16 is not None else on_gpu
+        return mixed, self.torch_dtype or ("bfloat16" if mixed else "float32")
 
 
 @dataclass

@@ -1,6 +1,6 @@
 import pytest
 
-from conftest import run_job
+from conftest import ROOT, run_job
 from ray_app.config import BatchPlan, ConfigError, SFTConfig, parse_job_config, resolve_section
 from ray_app.models.registry import MODEL_PRESETS
 from ray_app.trainer.memory import GiB, activation_bytes, model_state_bytes
@@ -133,3 +133,25 @@ def test_readme_dry_run_is_what_the_command_prints():
     assert argv[:2] == ["python", "jobs/sft.py"]
     out = run_job("sft.py", *argv[2:]).stdout
     assert out.strip() == shown.strip()
+
+
+def test_dtype_apart_from_mixed_precision_in_the_plan_and_the_readme():
+    """README's dry run for pure bf16, as typed: its model states, against the mixed-precision default."""
+    import re
+    import subprocess
+
+    readme = (ROOT / "README.md").read_text()
+    command, pure, mixed = re.search(r"\(`(python jobs/sft.py\s+--preset gemma3-1b --dry-run --no-bf16 --torch-dtype bfloat16)`: "
+                                     r"model states ([\d.]+) GB per GPU at ZeRO-2\s+against ([\d.]+) GB mixed\)", readme).groups()
+    out = subprocess.run(["bash", "-c", " ".join(command.split())], cwd=ROOT, capture_output=True, text=True, timeout=120).stdout
+    assert "precision=pure bf16 (no fp32 master weights)  weights loaded as bfloat16" in out
+    assert re.search(rf"\n\s+2\s+1.86GB\s+0.47GB\s+[\d.]+GB\s+{pure}GB\s+0.00GB  <- chosen", out), out
+    default = subprocess.run(["bash", "-c", "python jobs/sft.py --preset gemma3-1b --dry-run"], cwd=ROOT, capture_output=True,
+                             text=True, timeout=120).stdout
+    assert f"{mixed}GB       0.00GB  <- chosen" in default and "weights loaded as bfloat16" in default
+
+    from ray_app.config import SFTConfig
+
+    assert SFTConfig().precision(on_gpu=True) == (True, "bfloat16") and SFTConfig().precision(on_gpu=False) == (False, "float32")
+    assert SFTConfig(bf16=False, torch_dtype="bfloat16").precision(on_gpu=True) == (False, "bfloat16")
+    assert SFTConfig(bf16=True, torch_dtype="float32").precision(on_gpu=False) == (True, "float32")

@@ -22,18 +22,20 @@ def _manifest(storage: Path, run: str) -> dict:
 
 
 def test_tiny_sft_learns_the_answer_format(full_data, tmp_path):
-    """One epoch (282 steps) of ZeRO-2: measured 87/100 answers in the format after it (the preset's two
-    epochs: >= 90), from 0 for the base model. ZeRO-3 is trained by the multimodal test below."""
+    """One epoch over 30% of the training file (1,350 rows, 85 steps) of ZeRO-2: measured 53/100 answers in
+    the format after it (a full epoch, 282 steps: 87/100; cut to keep CI under its hour, the pipeline test
+    checks the format share of its own SFT models too), from 0 for the base model. The epoch arithmetic
+    is checked with --train-pct. ZeRO-3 is trained by the multimodal test below."""
     stage = 2
     storage, run = tmp_path / "sft", f"zero{stage}"
     proc = run_job("sft.py", "--data-dir", str(full_data), "--storage-path", str(storage), "--run-name", run,
-                   "--zero-stage", str(stage), "--num-train-epochs", "1", timeout=3000)
+                   "--zero-stage", str(stage), "--num-train-epochs", "1", "--train-pct", "30", timeout=3000)
     assert "world_size=2 (nproc_per_node=2 x nnodes=1), per_device_batch=8, gradient_accumulation=1, effective_batch=16" in proc.stdout
     m = _manifest(storage, run)
     losses = [h["loss"] for h in m["log_history"] if "loss" in h]
     assert losses[-1] < losses[0] / 2, losses
     cfg = SFTConfig(**m["config"])
-    assert m["global_step"] == BatchPlan.from_config(cfg).total_steps(4500, cfg.num_train_epochs)
+    assert m["global_step"] == BatchPlan.from_config(cfg).total_steps(1350, cfg.num_train_epochs) == 85
     assert (storage / run / "loss_curve.png").stat().st_size > 10_000
     assert m["versions"]["deepspeed"] and m["config"]["zero_stage"] == stage and m["config"]["seed"] == 1234
     assert list((storage / run).glob("checkpoint_*/checkpoint/global_step*")), "no DeepSpeed checkpoint in storage"
@@ -45,7 +47,7 @@ def test_tiny_sft_learns_the_answer_format(full_data, tmp_path):
     report = format_report(generate(model, tokenizer, [r["question"] for r in rows], max_new_tokens=256, batch_size=50),
                            [r["gold"] for r in rows])
     assert report["n"] == 100
-    assert report["final_answer_format_rate"] >= 0.75, report
+    assert report["final_answer_format_rate"] >= 0.4, report
     assert m["after_training_check"]["final_answer_format"] == report["final_answer_format"]  # greedy is deterministic
 
     # The untrained base model of the same run: near 0%.
@@ -135,14 +137,26 @@ def test_zero_memory_bench_meets_goal(full_data, tmp_path):
 
 
 def test_rerunning_a_run_resumes_from_its_storage(full_data, tmp_path):
-    """The same --run-name and --storage-path continue from the latest checkpoint of the earlier launch."""
+    """The same --run-name and --storage-path continue from the latest checkpoint of the earlier launch.
+    The run trains in pure bf16 (--torch-dtype bfloat16 without --bf16): weights, checkpoints and the
+    export stay 16-bit, and a rerun that leaves out --torch-dtype is another config and is refused."""
+    from safetensors import safe_open
+
     storage, run = tmp_path / "sft", "again"
-    common = ["--data-dir", str(full_data), "--storage-path", str(storage), "--run-name", run, "--save-steps", "4", "--no-eval-after"]
+    common = ["--data-dir", str(full_data), "--storage-path", str(storage), "--run-name", run, "--save-steps", "4", "--no-eval-after",
+              "--torch-dtype", "bfloat16", "--no-bf16"]
     run_job("sft.py", *common, "--max-steps", "8", timeout=1200)
     assert _manifest(storage, run)["resumed_from_checkpoint"] is False
     run_job("sft.py", *common, "--max-steps", "12", timeout=1200)
     m = _manifest(storage, run)
     assert (m["resumed_from_step"], m["global_step"]) == (8, 12)
+    assert (m["config"]["torch_dtype"], m["config"]["bf16"]) == ("bfloat16", False)
+    losses = [h["loss"] for h in m["log_history"] if "loss" in h]
+    assert losses and all(0 < loss < 20 for loss in losses), losses  # finite: pure bf16 trains
+    with safe_open(str(Path(m["export_dir"]) / "model.safetensors"), "pt") as f:
+        assert {str(f.get_tensor(k).dtype) for k in f.keys()} == {"torch.bfloat16"}
+    proc = run_job("sft.py", *common[:-3], "--max-steps", "12", check=False, timeout=600)
+    assert proc.returncode == 2 and "torch_dtype" in proc.stderr, proc.stderr[-2000:]
 
 
 def test_deepspeed_on_cpu_starts_without_building_the_inference_only_shm_op(tmp_path):

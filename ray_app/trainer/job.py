@@ -50,10 +50,14 @@ def print_plan(cfg: SFTConfig, plan: BatchPlan, num_examples: int, on_gpu: bool)
     examples_used = max(1, math.ceil(num_examples * cfg.train_pct / 100))
     steps = plan.steps_per_epoch(examples_used)
     total = plan.total_steps(examples_used, cfg.num_train_epochs, cfg.max_steps)
-    mixed = cfg.bf16 if cfg.bf16 is not None else on_gpu
+    mixed, weights = cfg.precision(on_gpu)
+    weight_bytes = 2 if weights == "bfloat16" else 4
+    sixteen_bit = mixed or weight_bytes == 2  # what the activations and logits are computed in
+    precision = ("bf16 mixed (fp32 master weights)" if mixed else "pure bf16 (no fp32 master weights)"
+                 if weight_bytes == 2 else "fp32")
     lines = [
         f"[plan] model={cfg.model}  ZeRO-{cfg.zero_stage}  offload_optimizer={cfg.offload_optimizer}  "
-        f"offload_param={cfg.offload_param}  precision={'bf16' if mixed else 'fp32'}",
+        f"offload_param={cfg.offload_param}  precision={precision}  weights loaded as {weights}",
         f"[plan] {plan.describe()}",
         f"[plan] training examples={examples_used}  steps/epoch={steps}  epochs={cfg.num_train_epochs}  "
         f"total optimizer steps={total}",
@@ -70,16 +74,18 @@ def print_plan(cfg: SFTConfig, plan: BatchPlan, num_examples: int, on_gpu: bool)
                          f"{frozen / 1e6:,.1f}M ({', '.join(counted['frozen_modules'])}): loaded, no gradients, no "
                          "optimizer state, exported unchanged")
         lines.append("[plan] model-state memory per GPU:")
-        lines.append(format_memory_table(n, plan.world_size, mixed, cfg.offload_optimizer, cfg.offload_param, cfg.zero_stage, frozen))
-        states = model_state_bytes(n, cfg.zero_stage, plan.world_size, mixed, cfg.offload_optimizer, cfg.offload_param, frozen)
+        lines.append(format_memory_table(n, plan.world_size, mixed, cfg.offload_optimizer, cfg.offload_param, cfg.zero_stage, frozen,
+                                         weight_bytes))
+        states = model_state_bytes(n, cfg.zero_stage, plan.world_size, mixed, cfg.offload_optimizer, cfg.offload_param, frozen,
+                                   weight_bytes)
         text_config = config.get_text_config()
-        acts = activation_bytes(text_config, plan.per_device_batch_size, cfg.max_seq_length, mixed, cfg.gradient_checkpointing)
+        acts = activation_bytes(text_config, plan.per_device_batch_size, cfg.max_seq_length, sixteen_bit, cfg.gradient_checkpointing)
         vocab = text_config.vocab_size
         lines.append(
             f"[plan] activations per GPU (micro-batch {plan.per_device_batch_size} x {cfg.max_seq_length} tokens, activation "
             f"checkpointing {'on' if cfg.gradient_checkpointing else 'off'}): layers {acts.layers / GiB:.2f}GB + logits "
             f"{acts.logits / GiB:.2f}GB ({plan.per_device_batch_size * cfg.max_seq_length:,} tokens x {vocab:,} vocab: "
-            f"{'bf16' if mixed else 'fp32'} logits, their fp32 copy for the loss and its gradient)")
+            f"{'bf16' if sixteen_bit else 'fp32'} logits, their fp32 copy for the loss and its gradient)")
         lines.append(f"[plan] peak estimate per GPU: model states {states.total / GiB:.2f}GB + activations "
                      f"{acts.total / GiB:.2f}GB = {(states.total + acts.total) / GiB:.2f}GB (1 GiB = {GiB} bytes)")
     text = "\n".join(lines)

@@ -38,11 +38,19 @@ def model_state_bytes(
     offload_optimizer: bool = False,
     offload_param: bool = False,
     frozen_params: int = 0,
+    weight_bytes: int | None = None,
 ) -> ModelStateMemory:
-    """`num_params`: all loaded parameters; `frozen_params` of them get no gradients or optimizer states."""
+    """`num_params`: all loaded parameters; `frozen_params` of them get no gradients or optimizer states.
+    `weight_bytes` 2 without mixed precision is pure bf16 training: 16-bit weights, gradients and Adam
+    moments, and (ZeRO >= 1) DeepSpeed's flat copy of the partition in the same dtype."""
     if zero_stage not in (0, 1, 2, 3):
         raise ValueError(f"ZeRO stage must be 0-3, got {zero_stage}")
-    p_bytes, g_bytes, o_bytes = (2, 2, 12) if mixed_precision else (4, 4, 8 if zero_stage == 0 else 12)
+    if mixed_precision:
+        p_bytes, g_bytes, o_bytes = 2, 2, 12
+    elif weight_bytes == 2:
+        p_bytes, g_bytes, o_bytes = 2, 2, 4 if zero_stage == 0 else 6
+    else:
+        p_bytes, g_bytes, o_bytes = 4, 4, 8 if zero_stage == 0 else 12
     params = num_params * p_bytes / (world_size if zero_stage >= 3 else 1)
     n = num_params - frozen_params
     grads = n * g_bytes / (world_size if zero_stage >= 2 else 1)
@@ -89,10 +97,11 @@ def activation_bytes(text_config, batch_size: int, seq_len: int, mixed_precision
 
 
 def format_memory_table(num_params: int, world_size: int, mixed_precision: bool, offload_optimizer: bool, offload_param: bool,
-                        chosen_stage: int, frozen_params: int = 0) -> str:
+                        chosen_stage: int, frozen_params: int = 0, weight_bytes: int | None = None) -> str:
     lines = [f"{'ZeRO':>5} {'params':>10} {'grads':>10} {'optim':>10} {'total/GPU':>10} {'CPU offload':>12}"]
     for stage in (0, 1, 2, 3):
-        m = model_state_bytes(num_params, stage, world_size, mixed_precision, offload_optimizer, offload_param, frozen_params)
+        m = model_state_bytes(num_params, stage, world_size, mixed_precision, offload_optimizer, offload_param, frozen_params,
+                              weight_bytes)
         mark = "  <- chosen" if stage == chosen_stage else ""
         lines.append(
             f"{stage:>5} {m.params / GiB:>8.2f}GB {m.grads / GiB:>8.2f}GB {m.optimizer / GiB:>8.2f}GB "

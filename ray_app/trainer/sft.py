@@ -256,7 +256,7 @@ def _train_on_worker(config: dict, output_dir: Path) -> None:
     assigned_device()
     # The device Ray assigned to this worker (cuda:<local index> with use_gpu, else cpu).
     on_gpu = get_device().type == "cuda"
-    bf16 = cfg.bf16 if cfg.bf16 is not None else on_gpu
+    bf16, weights_dtype = cfg.precision(on_gpu)
     set_seed(cfg.seed)
     for key, value in config.get("env", {}).items():
         os.environ[key] = value
@@ -320,7 +320,7 @@ def _train_on_worker(config: dict, output_dir: Path) -> None:
 
     # The checkpoint's own class (Gemma3ForConditionalGeneration for gemma-3-4b-it), vision tower frozen:
     # the export is the same kind of model the user started from (see ray_app/models/loading.py).
-    model, parameters = load_policy_for_training(model_path, dtype=torch.bfloat16 if bf16 else torch.float32)
+    model, parameters = load_policy_for_training(model_path, dtype=getattr(torch, weights_dtype))
     if rank == 0:
         frozen = f"; frozen {parameters['frozen']:,} in {', '.join(parameters['frozen_modules'])}" if parameters["frozen"] else ""
         print(f"[sft] loaded {parameters['class']}: {parameters['trainable']:,} trainable parameters{frozen}", flush=True)
@@ -461,6 +461,8 @@ def training_settings(cfg: SFTConfig, plan: BatchPlan, train_sha256: str) -> dic
         "max_grad_norm": cfg.max_grad_norm, "per_device_batch_size": plan.per_device_batch_size,
         "gradient_accumulation_steps": plan.gradient_accumulation_steps, "world_size": plan.world_size,
         "zero_stage": cfg.zero_stage, "bf16": cfg.bf16, "seed": cfg.seed,
+        # The weights' dtype apart from --bf16, when given (runs that left it to --bf16 keep their fingerprint).
+        **({"torch_dtype": cfg.torch_dtype} if cfg.torch_dtype else {}),
         # How rows are read and what the model learns from them; recorded only when not GSM8K's (so
         # earlier runs keep their fingerprint).
         **({"question_field": cfg.question_field, "answer_field": cfg.answer_field, "answer_format": cfg.answer_format}
