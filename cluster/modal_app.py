@@ -1,13 +1,24 @@
-"""The course's Modal launcher, with this project's Ray jobs: SFT, evaluation and sampling on Modal GPUs.
+"""The course's Modal launcher, with this project's Ray jobs: the whole study on Modal GPUs.
 
-    modal run cluster/modal_app.py::launch_all          # sft -> evaluate -> sample, in order
-    modal run cluster/modal_app.py::sft                 # one stage (also ::evaluate, ::sample)
+    modal run cluster/modal_app.py::launch_all          # the whole study: jobs/pipeline.py on one 4-GPU container
+    modal run cluster/modal_app.py::sft                 # one stage alone (also ::evaluate, ::sample)
 
-Each function runs one job (`python jobs/<job>.py --storage-root /outputs ...`) in one container,
-where the job starts a single-node Ray cluster on the container's GPUs. The command lines come from
-JOB_ARGS below (tests/test_cluster_configs.py parses each with its job's own parser). Data, Ray
-Train checkpoints, exported models and results land on the Modal Volume `ray-app-gsm` (mounted at
-/outputs; `modal volume ls ray-app-gsm`); Hugging Face downloads are cached on `ray-app-gsm-hf-cache`.
+`launch_all` runs `jobs/pipeline.py --preset gemma3-1b` in one container with 4 GPUs: SFT of
+gemma-3-1b-it (ZeRO-2) and gemma-3-4b-it (ZeRO-3) on the 4 GPUs, greedy evaluation of all four models
+on the three test sets, base and SFT sampling scored by the reward model (a Serve replica on one of
+the GPUs), analysis, and the report (README.md, report.html) under pipeline/report on the Volume.
+Why one function rather than a chain of per-stage containers: the stages share one Ray cluster on
+the container's GPUs (the reward replica and the generation actors side by side, no hand-off between
+containers), and the pipeline reuses every finished stage and resumes unfinished ones, so a launch
+that hits Modal's timeout or is preempted continues where it stopped when launched again. Modal has
+no multi-container Ray cluster to spread a study over; 4 GPUs of one node is what the preset plans.
+
+The single-stage functions run one job each (`python jobs/<job>.py --storage-root /outputs ...`),
+for a student who wants one step of the course's workflow. Every command line comes from JOB_ARGS
+below (tests/test_cluster_configs.py parses each with its job's own parser and checks that the
+pipeline's makes every input of Tables 1-3 and the report). Data, Ray Train checkpoints, exported
+models and results land on the Modal Volume `ray-app-gsm` (mounted at /outputs; `modal volume ls
+ray-app-gsm`); Hugging Face downloads are cached on `ray-app-gsm-hf-cache`.
 
 Secrets (create once):
     modal secret create huggingface HF_TOKEN=hf_...     # gated Gemma 3 / Llama weights
@@ -32,14 +43,16 @@ SFT_MODEL = "sft/sft-gemma-3-1b-it/final_model"  # where jobs/sft.py exports gem
 
 # The command line of each stage after `python jobs/<job>.py --storage-root /outputs`.
 JOB_ARGS: dict[str, list[str]] = {
+    "pipeline": ["--preset", PRESET],
     "sft": ["--preset", PRESET],
     "evaluate": ["--preset", PRESET, "--models", f"base=gemma-3-1b-it,sft={SFT_MODEL}"],
     "sample": ["--preset", PRESET, "--models", f"sft={SFT_MODEL}"],
 }
 # GPUs per stage: the preset's 4 SFT workers; one generation actor per model; sampling's actor +
 # one reward-model replica (the 8B reward model in bf16 fits one 80 GB GPU with room to spare).
-JOB_GPUS: dict[str, str] = {"sft": "A100-80GB:4", "evaluate": "A100-80GB:2", "sample": "A100-80GB:2"}
-ORDER = ["sft", "evaluate", "sample"]
+# The pipeline: the preset's 4 SFT workers, then one generation actor per model and one reward replica.
+JOB_GPUS: dict[str, str] = {"pipeline": "A100-80GB:4", "sft": "A100-80GB:4", "evaluate": "A100-80GB:2", "sample": "A100-80GB:2"}
+STAGES = ["sft", "evaluate", "sample"]  # the single-stage functions, in the order they depend on each other
 
 
 def job_command(job: str) -> list[str]:
@@ -76,6 +89,11 @@ def _run(job: str) -> None:
         hf_cache.commit()
 
 
+@app.function(image=image, gpu=JOB_GPUS["pipeline"], timeout=24 * 3600, volumes=volumes, secrets=secrets)
+def study() -> None:
+    _run("pipeline")
+
+
 @app.function(image=image, gpu=JOB_GPUS["sft"], timeout=24 * 3600, volumes=volumes, secrets=secrets)
 def sft() -> None:
     _run("sft")
@@ -91,13 +109,14 @@ def sample() -> None:
     _run("sample")
 
 
-FUNCTIONS = {"sft": sft, "evaluate": evaluate, "sample": sample}
+FUNCTIONS = {"pipeline": study, "sft": sft, "evaluate": evaluate, "sample": sample}
 
 
 @app.local_entrypoint()
 def launch_all() -> None:
-    """SFT, then evaluation of base and SFT models, then sampling scored by the reward model."""
-    for job in ORDER:
-        print(f"[modal] {job}: {' '.join(job_command(job))}", flush=True)
-        FUNCTIONS[job].remote()
-    print("[modal] done: results on the volume ray-app-gsm (modal volume ls ray-app-gsm)", flush=True)
+    """The whole study: both models' SFT, evaluation of all four models, base and SFT sampling scored
+    by the reward model, analysis and the report, in one container (see the module's docstring)."""
+    print(f"[modal] study on {JOB_GPUS['pipeline']}: {' '.join(job_command('pipeline'))}", flush=True)
+    study.remote()
+    print("[modal] done: the report is on the volume ray-app-gsm at pipeline/report/ (README.md, report.html); "
+          "modal volume get ray-app-gsm pipeline/report", flush=True)

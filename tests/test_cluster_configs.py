@@ -633,11 +633,43 @@ def test_modal_app_imports_without_credentials_and_has_the_stages(modal_app):
     import modal
 
     assert isinstance(modal_app.app, modal.App)
-    assert modal_app.ORDER == ["sft", "evaluate", "sample"]
-    assert set(modal_app.JOB_ARGS) == set(modal_app.ORDER) == set(modal_app.FUNCTIONS)
-    for job in modal_app.ORDER:
+    assert modal_app.STAGES == ["sft", "evaluate", "sample"]
+    assert set(modal_app.JOB_ARGS) == {"pipeline", *modal_app.STAGES} == set(modal_app.FUNCTIONS) == set(modal_app.JOB_GPUS)
+    for job in modal_app.JOB_ARGS:
         assert isinstance(modal_app.FUNCTIONS[job], modal.Function)
     assert callable(modal_app.launch_all)
+
+
+def test_modal_launch_all_makes_every_input_of_tables_1_to_3_and_the_report(modal_app):
+    """launch_all runs the pipeline; parsed with the pipeline's own parser, its settings make both models'
+    SFT, Table 1 (four models on the three test sets), Tables 2-3 (base and SFT samples scored by the
+    reward model) and the report, and every stage fits the container's GPUs."""
+    from ray_app.config import BatchPlan, resolve_section
+
+    launcher = (CLUSTER / "modal_app.py").read_text()
+    assert "study.remote()" in launcher.split("def launch_all")[1]
+    cmd = modal_app.job_command("pipeline")
+    pcfg, args = parse_with_job_parser("pipeline", cmd[2:])
+    assert (args.storage_root, args.preset) == (modal_app.OUTPUTS, modal_app.PRESET)
+    assert (pcfg.small_model, pcfg.large_model) == ("gemma-3-1b-it", "gemma-3-4b-it")
+    sections = {s: resolve_section(s, args.preset, None, {}) for s in ("sft", "eval", "sample")}
+    gpus = int(modal_app.JOB_GPUS["pipeline"].split(":")[1])
+    # Both SFT runs on the container's GPUs (the pipeline's large-model overrides included).
+    for per_device in (pcfg.per_device_batch_size or sections["sft"].per_device_batch_size, pcfg.large_per_device_batch_size):
+        plan = BatchPlan(per_device, 1, sections["sft"].nproc_per_node, sections["sft"].nnodes)
+        assert plan.world_size <= gpus and sections["sft"].use_gpu
+    assert set(sections["eval"].datasets.split(",")) == {"gsm_symbolic_test", "gsm8k_same_templates", "gsm8k_non_overlapping"}
+    assert sections["eval"].actors_per_model * 1 <= gpus
+    # Sampling: one reward replica and the generation actors fit at once; the reward model is the real one.
+    assert sections["sample"].reward_num_gpus * sections["sample"].reward_replicas + sections["sample"].actors_per_model <= gpus
+    assert sections["sample"].reward_model == "skywork-reward-v2-llama-3.1-8b" and sections["sample"].num_samples >= 8
+    # The pipeline evaluates the four models and samples base and SFT (its code names them; the tiny run's
+    # report in tests/test_pipeline.py shows each table made from them).
+    source = (ROOT / "jobs" / "pipeline.py").read_text()
+    for label in ("small-base", "small-sft", "large-base", "large-sft"):
+        assert f'"{label}"' in source
+    assert 'models=f"small-base={labels[\'small-base\']},small-sft={labels[\'small-sft\']}"' in source
+    assert "write_report(" in source and "write_html_report(" in source
 
 
 @pytest.mark.parametrize("job", ["sft", "evaluate", "sample"])
