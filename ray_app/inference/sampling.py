@@ -2,10 +2,15 @@
 
 Generation runs in a Ray Data pipeline (one model per actor). The driver consumes its output batch
 by batch as it is produced and hands each batch to a small thread pool that sends it to the reward
-deployment through a Serve handle, so scoring overlaps generation. A scored batch is written as one
-part file (atomically, whole questions only); a rerun skips questions already in part files, so a
-run that died halfway resumes without regenerating finished questions, and no sample is scored twice
-or lost. At the end the parts are gathered into `samples.parquet` and `samples.jsonl`.
+deployment through a Serve handle, so scoring overlaps generation. At most `reward_max_in_flight`
+batches are being scored at once; before each new batch is sent, finished requests are collected and
+the first failure stops the job, so a dead reward model stops it within about one generated batch.
+A scored batch is written as one part file (atomically, whole questions only) only when every reward
+is finite (a NaN or inf is an error naming the questions and samples); a rerun skips questions
+already in part files, so a run that died halfway resumes without regenerating finished questions,
+and no sample is scored twice or lost. Batches generated but not scored when the job stops are kept
+in `pending/` and scored first by the resume (`write_pending`). At the end the parts are gathered
+into `samples.parquet` and `samples.jsonl`.
 
 Output schema (one row per sample): model, dataset, question_id, sample_idx, question, response,
 pred, gold, correct, reward, num_tokens, finish_reason. The same command gives the same bytes: each
@@ -18,8 +23,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict
 
 from ray_app.analysis.report import SAMPLE_COLUMNS
@@ -30,9 +37,18 @@ from ray_app import storage
 from ray_app.models.registry import model_identity, parse_model_specs
 from ray_app.utils.fingerprint import check_or_record
 from ray_app.utils.io import DataError
-from ray_app.utils.run_info import versions
+from ray_app.utils.run_info import redacted, versions
 
 TIMING_COLUMNS = ["generation_started_at", "generated_at", "scored_at", "reward_replica_pid"]
+
+
+class NonFiniteReward(DataError):
+    """The reward model returned NaN or +-inf for some samples; nothing of their batch is written.
+
+    A user error (one line, exit 2 through cli.run) rather than a bug with a traceback: the reward
+    model is an input the user chose (--reward-model), the fix is on that side (a checkpoint whose
+    weights diverged, another model), and a traceback into the sampler would point at the wrong code.
+    """
 
 
 def _parts(parts_dir: str, fp: str) -> list[str]:
@@ -44,47 +60,185 @@ def _read_part(path: str) -> list[dict]:
     return [json.loads(line) for line in storage.read_text(path).splitlines() if line.strip()]
 
 
-def finished_questions(parts_dir: str, num_samples: int, fp: str) -> set[tuple[str, str]]:
-    """(model, question_id) pairs whose N scored samples are already in storage."""
+def _is_finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _scored_rows(path: str, log=None) -> list[dict]:
+    """A part file's rows, less every question with a non-finite (or missing) reward in it.
+
+    This version never writes such a row, but older ones did: their questions count as not finished,
+    so the resume samples them again (the new part replaces this one when the batch is the same)."""
+    rows = _read_part(path)
+    bad = sorted({(r["model"], r["question_id"]) for r in rows if not _is_finite(r.get("reward"))})
+    if bad and log is not None:
+        names = ", ".join(f"{m}/{q}" for m, q in bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        log(f"[sample] {path}: ignoring {len(bad)} question(s) with a non-finite reward ({names}), written by an "
+            f"older version; they are sampled and scored again")
+    skip = set(bad)
+    return [r for r in rows if (r["model"], r["question_id"]) not in skip]
+
+
+def finished_questions(parts_dir: str, num_samples: int, fp: str, log=None) -> set[tuple[str, str]]:
+    """(model, question_id) pairs whose N scored samples (all finite) are already in storage."""
     counts: dict[tuple[str, str], int] = {}
     for part in _parts(parts_dir, fp):
-        for row in _read_part(part):
+        for row in _scored_rows(part, log):
             key = (row["model"], row["question_id"])
             counts[key] = counts.get(key, 0) + 1
     return {k for k, c in counts.items() if c == num_samples}
 
 
-def _score_and_write(handle, batch, parts_dir: str, fp: str, retries: int, log) -> tuple[int, int]:
-    """Score one generated batch (retrying if its replica dies) and write it as one part file."""
+def _batch_key(question_ids) -> str:
+    """A batch's file name part: its questions, hashed (one batch of questions, one name)."""
+    return hashlib.sha256(",".join(sorted(set(question_ids))).encode()).hexdigest()[:16]
+
+
+def _non_finite(batch, bad: list[tuple[int, float]], reward_model: str) -> NonFiniteReward:
+    """The error for the samples of `batch` at (index, reward) `bad`: names the model, questions and samples."""
+    named = [f"question {batch['question_id'].iloc[i]} sample {batch['sample_idx'].iloc[i]} ({value})" for i, value in bad[:4]]
+    more = f" and {len(bad) - 4} more" if len(bad) > 4 else ""
+    return NonFiniteReward(
+        f"reward model {reward_model} returned a non-finite reward for {len(bad)} of {len(batch)} samples of model "
+        f"{batch['model'].iloc[0]}: {'; '.join(named)}{more}. Nothing of this batch was written. A reward model must "
+        f"return finite scores: check its weights (a checkpoint that diverged to NaN?) or pass another --reward-model")
+
+
+def _non_finite_refusal(e: BaseException) -> BaseException | None:
+    """The reward deployment's own refusal of non-finite scores (serve_app.NonFiniteScore, naming the
+    indices), when that is what a scoring error is: the model's answer, not a lost replica, so no retry."""
+    from ray_app.reward.serve_app import NonFiniteScore
+
+    for x in (e, getattr(e, "cause", None), e.__cause__):  # a Serve handle wraps it in a RayTaskError
+        if isinstance(x, NonFiniteScore) and getattr(x, "indices", None) is not None:
+            return x
+    return None
+
+
+REQUEST_TIMEOUT_S = 900  # one scoring request (one generated batch), queueing for a replica included
+POLL_S = 1.0  # how often a waiting request, and the driver waiting on requests, look for a reason to stop
+
+
+class RewardModelUnavailable(RuntimeError):
+    """This run's reward app is gone (deleted) or failed: no request sent to it can finish. Not a user
+    error (nothing in the command to fix; the cluster lost it), so it keeps its traceback; rerunning
+    the same command resumes."""
+
+
+class _Stopped(Exception):
+    """The sampler is stopping (another batch failed, Ctrl-C): this request was cancelled."""
+
+
+def _request_scores(handle, questions: list[str], responses: list[str], stop) -> dict:
+    """One scoring request through the Serve handle; cancelled when `stop` (a threading.Event) is set
+    or after REQUEST_TIMEOUT_S. (A request queued for the replicas of a deleted app never fails by
+    itself: without `stop` it would hold the job for the whole timeout.)"""
+    response = handle.score.remote(questions, responses)
+    deadline = time.monotonic() + REQUEST_TIMEOUT_S
+    while True:
+        try:
+            return response.result(timeout_s=REQUEST_TIMEOUT_S if stop is None else POLL_S)
+        except TimeoutError:  # Serve's, and ray.get's GetTimeoutError: the request is still running
+            if stop is not None and stop.is_set():
+                response.cancel()
+                raise _Stopped() from None
+            if time.monotonic() >= deadline:
+                response.cancel()
+                raise TimeoutError(f"no scores after {REQUEST_TIMEOUT_S}s") from None
+
+
+def _score_and_write(handle, batch, parts_dir: str, fp: str, retries: int, log, reward_model: str = "(reward model)",
+                     pending: tuple[str, str] | None = None, stop=None) -> tuple[int, int]:
+    """Score one generated batch (retrying if its replica dies) and write it as one part file; returns
+    (samples scored, retries used). A non-finite reward raises NonFiniteReward and writes nothing.
+    `pending`: (its file in pending/, the run folder) when the batch came from there; the file is
+    deleted once the part is written. `stop`: a threading.Event that cancels the request."""
     questions, responses = list(batch["question"]), list(batch["response"])
+    retries = max(0, int(retries))  # the config refuses negative values; never leave `result` unset
     for attempt in range(retries + 1):
         try:
-            result = handle.score.remote(questions, responses).result(timeout_s=900)
+            result = _request_scores(handle, questions, responses, stop)
             break
+        except _Stopped:
+            raise
         except Exception as e:  # a replica died mid-request: Serve routes the retry to a live one
+            refusal = _non_finite_refusal(e)
+            if refusal is not None:
+                raise _non_finite(batch, list(zip(refusal.indices, refusal.values)), reward_model) from e
             if attempt == retries:
                 raise
             log(f"[sample] scoring attempt {attempt + 1} failed ({type(e).__name__}: {str(e)[:120]}); retrying")
-            time.sleep(min(30, 2**attempt))
+            if stop is not None and stop.wait(min(30, 2**attempt)):
+                raise _Stopped() from e
+            if stop is None:
+                time.sleep(min(30, 2**attempt))
     if len(result["scores"]) != len(batch):
         raise RuntimeError(f"reward model returned {len(result['scores'])} scores for {len(batch)} samples")
+    bad = [(i, score) for i, score in enumerate(result["scores"]) if not _is_finite(score)]
+    if bad:  # the deployment refuses these itself (serve_app.check_finite); an older one may not
+        raise _non_finite(batch, bad, reward_model)
     batch = batch.copy()
     batch["reward"] = result["scores"]
     batch["scored_at"] = result["scored_at"]
     batch["reward_replica_pid"] = result["replica_pid"]
-    key = hashlib.sha256(",".join(sorted(set(batch["question_id"]))).encode()).hexdigest()[:16]
     label = str(batch["model"].iloc[0])
     rows = batch[SAMPLE_COLUMNS + TIMING_COLUMNS].to_dict(orient="records")
-    storage.write_jsonl(storage.join(parts_dir, f"{fp}-{label}-{key}.jsonl"), rows)
+    storage.write_jsonl(storage.join(parts_dir, f"{fp}-{label}-{_batch_key(batch['question_id'])}.jsonl"), rows)
+    if pending is not None:
+        storage.delete(*pending)  # its part is written: the pending copy is done with
     return len(batch), attempt
+
+
+def pending_dir(out: str) -> str:
+    """Where batches generated but not scored wait for the resume: <out>/pending/."""
+    return storage.join(out, "pending")
+
+
+def write_pending(out: str, fp: str, batch) -> str:
+    """Keep one generated-but-unscored batch for the resume: <out>/pending/<model fp>-<label>-<key>.jsonl.
+
+    Why scoring it later is the same as generating it again: a question's N samples depend only on
+    (seed, model label, question_id) and the settings in its model's fingerprint `fp`, never on the
+    batch, the run or the reward model's answers, so regenerating would give the same rows. The file
+    is named by that fingerprint and read only by a run with the same one (other settings, or another
+    model identity, never see it; --fresh-run deletes the folder), it is written whole (storage writes
+    are atomic) and holds whole questions, and it is deleted only after its part file is written. If a
+    run dies between the two, the next run finds those questions finished and deletes it unused
+    (`pending_batches`); losing one only costs its generation again."""
+    label = str(batch["model"].iloc[0])
+    path = storage.join(pending_dir(out), f"{fp}-{label}-{_batch_key(batch['question_id'])}.jsonl")
+    storage.write_jsonl(path, batch.to_dict(orient="records"))
+    return path
+
+
+def pending_batches(out: str, fp: str, label: str, todo: set[str], log=print) -> list[tuple[str, object]]:
+    """This model's pending batches (fingerprint `fp`) as (file, frame), cut to the questions in `todo`;
+    a file none of whose questions is still to do is deleted (its part was written before it was)."""
+    import pandas as pd
+
+    folder = pending_dir(out)
+    if not storage.exists(folder):
+        return []
+    found = []
+    for path in storage.list_files(folder, suffix=".jsonl"):
+        if not storage.basename(path).startswith(f"{fp}-{label}-"):
+            continue
+        rows = [r for r in _read_part(path) if r["model"] == label and r["question_id"] in todo]
+        if not rows:
+            log(f"[sample] {path}: its questions are already scored; deleting it")
+            storage.delete(path, out)
+            continue
+        found.append((path, pd.DataFrame(rows)))
+    return found
 
 
 def gather_parts(parts_dir: str, num_samples: int, expected: dict[str, set[str]], model_fps: dict[str, str]):
     """This run's part files (each model's, by its fingerprint) as one frame, checked: exactly N scored
-    samples per expected question."""
+    samples per expected question (rows of questions with a non-finite reward are left out, as in
+    `finished_questions`)."""
     import pandas as pd
 
-    rows = [row for label, fp in model_fps.items() for part in _parts(parts_dir, fp) for row in _read_part(part)
+    rows = [row for label, fp in model_fps.items() for part in _parts(parts_dir, fp) for row in _scored_rows(part)
             if row["model"] == label]
     df = pd.DataFrame(rows)
     dup = df.duplicated(["model", "question_id", "sample_idx"])
@@ -133,7 +287,7 @@ def _run_sampling(cfg: SampleConfig, root: str | None, log) -> dict:
     # Each model's parts carry its own fingerprint (these settings + its identity): a model that changed
     # (retrained, trained longer) is sampled again; the others' samples are reused.
     model_fps = {label: model_fingerprint(fp, label, identity) for label, identity in generation["models"].items()}
-    done = {pair for label, mfp in model_fps.items() for pair in finished_questions(parts_dir, cfg.num_samples, mfp) if pair[0] == label}
+    done = {pair for label, mfp in model_fps.items() for pair in finished_questions(parts_dir, cfg.num_samples, mfp, log) if pair[0] == label}
     expected = {label: {r["question_id"] for r in rows} for label, _ in specs}
     all_done = all((label, q) in done for label, qids in expected.items() for q in qids)
     # (--keep-serving asks for the endpoint itself, so it deploys even then.)
@@ -171,7 +325,8 @@ def _run_sampling(cfg: SampleConfig, root: str | None, log) -> dict:
         seconds["deploy_reward_model"] = time.perf_counter() - t
         log(f"[sample] reward model {cfg.reward_model} serving as Serve app {reward.name} on "
             f"{reward.url or '(Serve runs without an HTTP proxy)'}")
-        scored, retried = _generate_and_score(cfg, reward.handle, rows, specs, done, corpus, parts_dir, model_fps, seconds, log)
+        scored, retried, from_pending = _generate_and_score(cfg, reward.handle, rows, specs, done, corpus, out, model_fps,
+                                                            seconds, log, lambda: _check_reward_app(reward.name, cfg.reward_model))
         stats = reward.handle.stats.remote().result()
 
     df = gather_parts(parts_dir, cfg.num_samples, expected, model_fps)
@@ -198,6 +353,7 @@ def _run_sampling(cfg: SampleConfig, root: str | None, log) -> dict:
     seconds["total"] = time.perf_counter() - started
     manifest = {"config": asdict(cfg), "settings": generation, "config_fingerprint": fp, "model_fingerprints": model_fps,
                 "rows": len(df), "scored_this_run": scored, "score_retries_used": retried, "resumed_pairs": len(done),
+                "scored_from_pending": from_pending,
                 "overlap": overlap, "reward_batching": stats,
                 "reward_serving": {**reward.manifest(), "reward_model": cfg.reward_model,
                                    "reward_model_identity": model_identity(cfg.reward_model), "kept": cfg.keep_serving,
@@ -206,7 +362,7 @@ def _run_sampling(cfg: SampleConfig, root: str | None, log) -> dict:
                 "seconds": seconds, "versions": versions(),
                 "questions": {label: sorted(q) for label, q in expected.items()},
                 "schema": {"samples": SAMPLE_COLUMNS, "sample_timings": ["model", "question_id", "sample_idx"] + TIMING_COLUMNS}}
-    storage.write_json(storage.join(out, "sample_manifest.json"), manifest)
+    storage.write_json(storage.join(out, "sample_manifest.json"), redacted(manifest))
     log(f"[sample] done: {len(df)} samples ({scored} scored now) -> {storage.join(out, 'samples.parquet')} (and samples.jsonl, sample_timings.jsonl, sample_manifest.json)")
     if overlap:
         t0 = overlap["generation_began_at"]
@@ -216,37 +372,116 @@ def _run_sampling(cfg: SampleConfig, root: str | None, log) -> dict:
 
 
 def _generate_and_score(cfg: SampleConfig, handle, rows: list[dict], specs: list[tuple[str, str]], done: set,
-                        corpus: str, parts_dir: str, model_fps: dict[str, str], seconds: dict, log) -> tuple[int, int]:
-    """Generate the questions not yet done and score each batch through `handle` as it comes out;
-    returns (samples scored, scoring retries used). On an error or Ctrl-C, batches not yet sent are
-    dropped (they are not in a part file, so a rerun does them) instead of being scored first."""
+                        corpus: str, out: str, model_fps: dict[str, str], seconds: dict, log,
+                        check_reward=None) -> tuple[int, int, dict]:
+    """Score the batches an earlier run left in pending/, then generate the questions still to do and
+    score each batch through `handle` as it comes out; returns (samples scored, scoring retries used,
+    {"batches", "samples"} scored from pending/).
+
+    At most cfg.reward_max_in_flight batches are being scored at once (the load the autoscaling target
+    is set for). Before each batch is sent, finished requests are collected and the first failure is
+    raised, and `check_reward()` raises when the reward app itself is gone (deleted, failed), so a
+    dead reward model stops the job within about one generated batch. When the job stops (a scoring
+    or generation failure, Ctrl-C), requests still running are cancelled and every batch generated
+    but not scored is written to pending/ (`write_pending`) for the resume; the log says how many."""
     num_gpus = generation_actor_gpus(cfg, log)
     actor_args = {"max_new_tokens": cfg.max_new_tokens, "batch_size": cfg.questions_per_batch, "num_samples": cfg.num_samples,
                   "do_sample": True, "temperature": cfg.temperature, "top_p": cfg.top_p, "seed": cfg.seed}
-    scored = retried = 0
-    # At most reward_max_in_flight scoring requests at once: the load the autoscaling target is set for.
-    with ThreadPoolExecutor(max_workers=cfg.reward_max_in_flight, thread_name_prefix="score") as pool:
-        futures = []
+    parts_dir = storage.join(out, "parts")
+    limit = cfg.reward_max_in_flight
+    totals = {"scored": 0, "retried": 0}
+    from_pending = {"batches": 0, "samples": 0}
+    stop = threading.Event()  # set when the job stops: cancels the requests still running
+    # Each future's batch, its model's fingerprint and, for a batch read from pending/, that file.
+    outstanding: dict[Future, tuple[object, str, str | None]] = {}
+    unsent: list[tuple[object, str]] = []  # taken from generation, not yet handed to the pool
+
+    def check() -> None:
+        """Collect finished requests (raising the first failure), then ask whether the reward app is up."""
+        for f in [f for f in outstanding if f.done()]:
+            n, retries_used = f.result()  # a failed request raises here and stays outstanding
+            del outstanding[f]
+            totals["scored"] += n
+            totals["retried"] += retries_used
+        if check_reward is not None:  # one small call to the Serve controller per batch
+            check_reward()
+
+    def settle(keep: int) -> None:
+        """check() until at most `keep` requests are outstanding."""
+        check()
+        while len(outstanding) > keep:
+            wait(list(outstanding), timeout=POLL_S, return_when=FIRST_COMPLETED)
+            check()
+
+    def send(batch, fp: str, pending_file: str | None = None) -> None:
+        unsent.append((batch, fp))
+        settle(limit - 1)
+        outstanding[pool.submit(_score_and_write, handle, batch, parts_dir, fp, cfg.score_retries, log, cfg.reward_model,
+                                (pending_file, out) if pending_file else None, stop)] = (batch, fp, pending_file)
+        unsent.clear()
+
+    pool = ThreadPoolExecutor(max_workers=limit, thread_name_prefix="score")
+    try:
+        for label, model in specs:
+            todo = {r["question_id"] for r in rows if (label, r["question_id"]) not in done}
+            # Batches an earlier run generated but did not score: scored first, not generated again.
+            for path, batch in pending_batches(out, model_fps[label], label, todo, log):
+                log(f"[sample] {label}: scoring {len(batch)} pending samples ({batch['question_id'].nunique()} questions) "
+                    f"generated by an earlier run, from {path}")
+                send(batch, model_fps[label], path)
+                from_pending["batches"] += 1
+                from_pending["samples"] += len(batch)
+                todo -= set(batch["question_id"])
+            todo_rows = [r for r in rows if r["question_id"] in todo]
+            if not todo_rows:
+                continue
+            t = time.perf_counter()
+            ds = generate_with_actors(todo_rows, label, model, corpus, actor_args,
+                                      cfg.questions_per_batch, cfg.actors_per_model, num_gpus)
+            for batch in ds.iter_batches(batch_size=None, batch_format="pandas"):
+                send(batch, model_fps[label])
+            seconds[f"generate_{label}"] = time.perf_counter() - t
+            log(f"[sample] {label}: {len(todo_rows)} questions x {cfg.num_samples} samples generated in {seconds[f'generate_{label}']:.0f}s")
+        settle(0)
+    except BaseException as e:
+        stop.set()  # requests not started are cancelled, running ones give up within POLL_S
+        for f in outstanding:
+            f.cancel()
+        pool.shutdown(wait=True)  # a request that finished meanwhile has written its part
+        _keep_unscored(out, [(b, fp) for f, (b, fp, pending_file) in outstanding.items()
+                             if pending_file is None and (f.cancelled() or f.exception() is not None)] + unsent, e, log)
+        raise
+    pool.shutdown(wait=True)
+    return totals["scored"], totals["retried"], from_pending
+
+
+def _check_reward_app(app_name: str, reward_model: str) -> None:
+    """Raise RewardModelUnavailable when the Serve app `app_name` is gone, being deleted or failed."""
+    from ray import serve
+
+    status = serve.status().applications.get(app_name)
+    if status is None or status.status in ("DELETING", "DEPLOY_FAILED"):
+        state = "gone" if status is None else getattr(status.status, "value", status.status)
+        state += f" ({status.message})" if status is not None and status.message else ""
+        raise RewardModelUnavailable(f"the reward model {reward_model} (Serve app {app_name}) is {state}: no batch "
+                                     f"can be scored")
+
+
+def _keep_unscored(out: str, batches: list, error: BaseException, log) -> None:
+    """Write the batches generated but not scored to pending/ for the resume; never hides `error`."""
+    if not batches:
+        return
+    kept = 0
+    for batch, fp in batches:
         try:
-            for label, model in specs:
-                todo = [r for r in rows if (label, r["question_id"]) not in done]
-                if not todo:
-                    continue
-                t = time.perf_counter()
-                ds = generate_with_actors(todo, label, model, corpus, actor_args,
-                                          cfg.questions_per_batch, cfg.actors_per_model, num_gpus)
-                for batch in ds.iter_batches(batch_size=None, batch_format="pandas"):
-                    futures.append(pool.submit(_score_and_write, handle, batch, parts_dir, model_fps[label], cfg.score_retries, log))
-                seconds[f"generate_{label}"] = time.perf_counter() - t
-                log(f"[sample] {label}: {len(todo)} questions x {cfg.num_samples} samples generated in {seconds[f'generate_{label}']:.0f}s")
-            for f in futures:
-                n, retries_used = f.result()
-                scored, retried = scored + n, retried + retries_used
-        except BaseException:
-            for f in futures:
-                f.cancel()
-            raise
-    return scored, retried
+            write_pending(out, fp, batch)
+            kept += len(batch)
+        except Exception as e:  # noqa: BLE001 - the run's own error is the one to report
+            log(f"[sample] could not keep a generated batch in {pending_dir(out)} ({type(e).__name__}: {str(e)[:200]}); "
+                f"the resume generates it again")
+    why = f"{type(error).__name__}: {str(error).strip()[:200]}" if str(error).strip() else type(error).__name__
+    log(f"[sample] stopped ({why}): {len(batches)} generated batch(es) not scored, {kept} samples kept in "
+        f"{pending_dir(out)}; rerun the same command to score them and go on")
 
 
 def reward_target_ongoing_requests(cfg: SampleConfig) -> int:
