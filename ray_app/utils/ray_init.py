@@ -33,7 +33,10 @@ def init_ray(num_cpus: int | None = None, log=print) -> None:
     project_root = str(Path(__file__).resolve().parents[2])
     pythonpath = os.pathsep.join(p for p in (project_root, os.environ.get("PYTHONPATH", "")) if p)
     # The dashboard also serves the State API that Ray Train's controller polls; it binds to loopback.
+    # address="local": a new instance of our own. Without it ray.init() joins the last cluster whose address
+    # Ray recorded on this machine (/tmp/ray/ray_current_cluster), which may be dead or another user's.
     ray.init(
+        address="local",
         num_cpus=num_cpus,
         include_dashboard=True,
         log_to_driver=True,
