@@ -507,6 +507,16 @@ def _row(split: str, key: str, question: str, answer: str, gold: str, template_i
     }
 
 
+def _write_splits(out: Path, rows: dict[str, list[dict]]) -> dict:
+    """The four split files, written atomically; per split its file name, row count and sha256 (the manifest's 'files')."""
+    files = {}
+    for split in SPLITS:
+        path = out / f"{split}.jsonl"
+        atomic_write_jsonl(path, rows[split])
+        files[split] = {"path": path.name, "rows": len(rows[split]), "sha256": sha256_file(path)}
+    return files
+
+
 def build_gsm_datasets(
     out_dir: str,
     gsm8k_source: str,
@@ -614,11 +624,7 @@ def build_gsm_datasets(
     }
 
     out = Path(out_dir)
-    files = {}
-    for split in SPLITS:
-        path = out / f"{split}.jsonl"
-        atomic_write_jsonl(path, rows[split])
-        files[split] = {"path": path.name, "rows": len(rows[split]), "sha256": sha256_file(path)}
+    files = _write_splits(out, rows)
     seconds["total"] = time.perf_counter() - t0
 
     # The manifest holds what decides the bytes and nothing that varies run to run, so the same build
@@ -700,11 +706,7 @@ def import_course_files(folder: str, out_dir: str, extra_manifest: dict | None =
         sources[split] = {"file": name, "sha256": sha256_file(path)}
     leaked = check_train_test_separation(rows)
     out = Path(out_dir)
-    files = {}
-    for split in SPLITS:
-        path = out / f"{split}.jsonl"
-        atomic_write_jsonl(path, rows[split])
-        files[split] = {"path": path.name, "rows": len(rows[split]), "sha256": sha256_file(path)}
+    files = _write_splits(out, rows)
     seconds = {"total": time.perf_counter() - t0}
     separation = {"test_rows_matching_train": leaked, "train_rows": len(rows["gsm_symbolic_train"]),
                   "near_duplicates_avoided": {}, "train_rows_repeating_train_numbers": None, "dedupe_train_numbers": False}
