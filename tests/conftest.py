@@ -43,6 +43,11 @@ def real_tokenizer(rel: str):
         pytest.skip(f"needs {SHARED_NEEDS[rel]}: put the project's shared/ folder beside the checkout (CI has it), "
                     f"or make {HUB_TOKENIZERS[rel]} loadable from the Hub ({type(e).__name__})")
 
+# No Ray call in this process may start or join a Ray instance by itself: Serve's handle routers keep a
+# metrics thread that calls ray.wait() after a test's ray.shutdown(), and Ray's auto-init then joined the
+# next module's cluster as a driver (CI: test_scheduling's teardown could not remove its head node). Every
+# test and job starts Ray explicitly. Set before anything imports ray (the flag is read at import).
+os.environ.setdefault("RAY_ENABLE_AUTO_CONNECT", "0")
 # The Hub is unreachable here; fail fast instead of waiting on timeouts.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
