@@ -38,7 +38,7 @@ def _main(cfg, args) -> int:
     from ray_app.analysis.report import read_samples
     from ray_app.inference.sampling import run_sampling
     from ray_app.models.registry import parse_model_specs, resolve_model_spec, resolve_model_specs
-    from ray_app.utils.run_info import versions
+    from ray_app.utils.run_info import redacted, versions
 
     started = time.perf_counter()
     root = cli.start(args)
@@ -61,13 +61,13 @@ def _main(cfg, args) -> int:
         timings["analyze"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - started
         models = dict(parse_model_specs(sample_cfg.models)) | {"reward model": sample_cfg.reward_model}
-        storage.write_json(str(local / "coverage_manifest.json"), {
+        storage.write_json(str(local / "coverage_manifest.json"), redacted({
             "config": to_dict(cfg), "preset": args.preset, "samples_fingerprint": sampled["config_fingerprint"],
             "num_samples": coverage["num_samples"], "questions": int(df["question_id"].nunique()),
             "coverage_fits": {f"{m}/{d}": fit for (m, d), fit in coverage["fits"].items()},
             "verifier": {f"{m}/{d}": s for (m, d), s in verifier["stats"].items()},
             "models": models, "timings_s": {k: round(v, 1) for k, v in timings.items()}, "versions": versions(),
-        })
+        }))
         write_html_report(local, f"Coverage and selection to N = {coverage['num_samples']}", models)
         storage.publish_dir(local, out, root)
     for (model, dataset), fit in coverage["fits"].items():

@@ -61,7 +61,7 @@ def _main(cfg, args) -> int:
     from ray_app.config import BatchPlan
     from ray_app.inference.evaluation import run_evaluation
     from ray_app.trainer.job import train_and_report
-    from ray_app.utils.run_info import versions
+    from ray_app.utils.run_info import redacted, versions
 
     import pandas as pd
 
@@ -135,10 +135,10 @@ def _main(cfg, args) -> int:
             plot_power_law(trained["train_rows"], trained[column], fits[column], local / name, "training examples",
                            label, f"{label} vs training examples ({cfg.model})")
         timings["total"] = round(time.perf_counter() - started, 1)
-        (local / "data_scaling_manifest.json").write_text(json.dumps({
+        (local / "data_scaling_manifest.json").write_text(json.dumps(redacted({
             "config": to_dict(cfg), "preset": args.preset, "sizes": sizes, "fits": fits, "models": models,
             "sft": to_dict(base), "timings_s": timings, "versions": versions(),
-        }, indent=2, default=str) + "\n")
+        }), indent=2, default=str) + "\n")
         write_html_report(local, f"Accuracy vs training examples ({cfg.model})", models)
         storage.publish_dir(local, out, root)
     print(to_markdown(table))

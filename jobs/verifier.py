@@ -40,7 +40,7 @@ def _main(args) -> int:
     from ray_app.analysis.curves import describe_verifier, write_verifier_report
     from ray_app.analysis.html_report import write_html_report
     from ray_app.analysis.report import read_samples
-    from ray_app.utils.run_info import versions
+    from ray_app.utils.run_info import redacted, versions
 
     started = time.perf_counter()
     cli.start(args)
@@ -52,12 +52,12 @@ def _main(args) -> int:
     with tempfile.TemporaryDirectory(prefix="ray_app_verifier_") as tmp:
         local = Path(tmp)
         result = write_verifier_report(df, local, args.bootstrap_resamples, args.seed)
-        storage.write_json(str(local / "verifier_manifest.json"), {
+        storage.write_json(str(local / "verifier_manifest.json"), redacted({
             "samples": samples, "samples_sha256": hashlib.sha256(storage.read_bytes(samples)).hexdigest(),
             "settings": {"bootstrap_resamples": args.bootstrap_resamples, "seed": args.seed},
             "verifier": {f"{m}/{d}": s for (m, d), s in result["stats"].items()},
             "timings_s": {"total": round(time.perf_counter() - started, 1)}, "versions": versions(),
-        })
+        }))
         write_html_report(local, "The reward model as a verifier")
         storage.publish_dir(local, out, args.storage_root)
     for line in describe_verifier(result["stats"]):

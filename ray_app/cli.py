@@ -40,13 +40,33 @@ def connect_ray() -> None:
     ensure_connected()
 
 
+class _RedactingStream:
+    """stdout/stderr with credentials hidden (storage.redact) in everything written to them: a storage
+    URI given with its key (s3://KEY:SECRET@bucket/...) is named in many log lines, and job logs end up
+    on the Ray dashboard and in CI output."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        return self._stream.write(storage.redact(text))
+
+    def __getattr__(self, name):  # flush, fileno, isatty, encoding, ... as the real stream has them
+        return getattr(self._stream, name)
+
+
 def run(main: Callable[[], int]) -> int:
-    """Run a job body; bad input (config, storage, data, models) becomes 'error: ...' and exit 2."""
+    """Run a job body with its output redacted; bad input (config, storage, data, models) becomes
+    'error: ...' and exit 2."""
+    saved = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _RedactingStream(sys.stdout), _RedactingStream(sys.stderr)
     try:
         return main()
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 2
+    finally:
+        sys.stdout, sys.stderr = saved
 
 
 def file_job_parser(doc: str):

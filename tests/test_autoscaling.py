@@ -105,7 +105,7 @@ def test_on_a_local_ray_without_gpus_a_gpu_request_times_out_and_a_cpu_one_passe
     from ray_app.utils.resources import ResourcesUnavailable, wait_for_resources
 
     ray.shutdown()
-    ray.init(num_cpus=1, include_dashboard=False, logging_level="ERROR")
+    ray.init(address="local", num_cpus=1, include_dashboard=False, logging_level="ERROR")
     try:
         assert wait_for_resources([{"CPU": 1}], 5, "CPU work", log=pytest.fail) < 1  # there already: no wait, no log
         lines = []

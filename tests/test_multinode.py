@@ -109,10 +109,10 @@ def test_sft_across_nodes_survives_losing_a_node_and_a_second_job_reads_the_mode
 
     root = make_bucket("multinode") + "/gsm"
     upload_data(full_data, root + "/data")  # the data in the storage root, where every node reads it
-    run, steps = "sft-2nodes", 24
+    run, steps = "sft-2nodes", 16
     run_dir = f"{root}/sft/{run}"
     cmd = [sys.executable, str(ROOT / "jobs/sft.py"), "--storage-root", root, "--run-name", run,
-           "--nnodes", "2", "--nproc-per-node", "1", "--no-use-gpu", "--max-steps", str(steps), "--save-steps", "6",
+           "--nnodes", "2", "--nproc-per-node", "1", "--no-use-gpu", "--max-steps", str(steps), "--save-steps", "4",
            "--logging-steps", "2", "--max-failures", "2", "--eval-limit", "8", "--max-new-tokens", "24"]
     log = []
     driver = subprocess.Popen(cmd, cwd=ROOT, env=_driver_env(cluster["cluster"]), stdout=subprocess.PIPE,
@@ -138,7 +138,7 @@ def test_sft_across_nodes_survives_losing_a_node_and_a_second_job_reads_the_mode
     manifest = storage.read_json(f"{run_dir}/run_manifest.json")
     print(output[-3000:])  # shown by pytest when an assertion below fails
     assert manifest["global_step"] == steps  # the planned optimizer steps, after the restart
-    assert manifest["resumed_from_checkpoint"] is True and manifest["resumed_from_step"] in (6, 12, 18)
+    assert manifest["resumed_from_checkpoint"] is True and manifest["resumed_from_step"] in (4, 8, 12)
     ips = [p["node_ip"] for p in manifest["placement"]]
     assert sorted(ips) == ["127.0.0.2", "127.0.0.4"], manifest["placement"]  # one per node, the replacement included
     assert all(p["device"] == "cpu" for p in manifest["placement"])  # asked for no GPUs: CPU, on GPU nodes

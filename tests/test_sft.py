@@ -21,40 +21,36 @@ def _manifest(storage: Path, run: str) -> dict:
     return json.loads((storage / run / "run_manifest.json").read_text())
 
 
-def test_tiny_sft_learns_the_answer_format(full_data, tmp_path):
-    """One epoch over 30% of the training file (1,350 rows, 85 steps) of ZeRO-2: measured 53/100 answers in
-    the format after it (a full epoch, 282 steps: 87/100; cut to keep CI under its hour, the pipeline test
-    checks the format share of its own SFT models too), from 0 for the base model. The epoch arithmetic
-    is checked with --train-pct. ZeRO-3 is trained by the multimodal test below."""
+def test_tiny_sft_trains_exports_and_checks_itself(full_data, tmp_path):
+    """One epoch over 5% of the training file (225 rows, 15 steps) of ZeRO-2 on 2 CPU workers: the batch and
+    epoch arithmetic, a falling loss, the DeepSpeed checkpoint in storage, and an export that reloads
+    with from_pretrained and answers as the job's own after-training check said it would. That SFT
+    teaches the answer format is asserted where the models train long enough: test_pipeline (the
+    default study, >= 50% and >= 40% against bases < 10%). (This test trained 85 steps and asserted >= 40%
+    until the suite outgrew CI's hour.) ZeRO-3 is trained by the multimodal test below."""
     stage = 2
     storage, run = tmp_path / "sft", f"zero{stage}"
     proc = run_job("sft.py", "--data-dir", str(full_data), "--storage-path", str(storage), "--run-name", run,
-                   "--zero-stage", str(stage), "--num-train-epochs", "1", "--train-pct", "30", timeout=3000)
+                   "--zero-stage", str(stage), "--num-train-epochs", "1", "--train-pct", "5", "--logging-steps", "1",
+                   "--eval-limit", "20", "--max-new-tokens", "48", timeout=3000)
     assert "world_size=2 (nproc_per_node=2 x nnodes=1), per_device_batch=8, gradient_accumulation=1, effective_batch=16" in proc.stdout
     m = _manifest(storage, run)
     losses = [h["loss"] for h in m["log_history"] if "loss" in h]
-    assert losses[-1] < losses[0] / 2, losses
+    assert len(losses) == 15 and losses[-1] < losses[0] - 0.5, losses
     cfg = SFTConfig(**m["config"])
-    assert m["global_step"] == BatchPlan.from_config(cfg).total_steps(1350, cfg.num_train_epochs) == 85
+    assert m["global_step"] == BatchPlan.from_config(cfg).total_steps(225, cfg.num_train_epochs) == 15
     assert (storage / run / "loss_curve.png").stat().st_size > 10_000
     assert m["versions"]["deepspeed"] and m["config"]["zero_stage"] == stage and m["config"]["seed"] == 1234
     assert list((storage / run).glob("checkpoint_*/checkpoint/global_step*")), "no DeepSpeed checkpoint in storage"
 
-    # The exported model (ZeRO-3: gathered from shards) loads with from_pretrained, full size.
-    rows = load_split(str(full_data), "gsm_symbolic_test")
+    # The exported model loads with from_pretrained, full size, and greedy-decodes what the check saw.
+    rows = load_split(str(full_data), "gsm_symbolic_test")[:20]
     tokenizer, model = load_policy(m["export_dir"])
     assert sum(p.numel() for p in model.parameters()) == MODEL_PRESETS["tiny-gemma3-small"].arch.parameter_count()
-    report = format_report(generate(model, tokenizer, [r["question"] for r in rows], max_new_tokens=256, batch_size=50),
+    report = format_report(generate(model, tokenizer, [r["question"] for r in rows], max_new_tokens=48, batch_size=32),
                            [r["gold"] for r in rows])
-    assert report["n"] == 100
-    assert report["final_answer_format_rate"] >= 0.4, report
+    assert report["n"] == 20 and m["after_training_check"]["n"] == 20
     assert m["after_training_check"]["final_answer_format"] == report["final_answer_format"]  # greedy is deterministic
-
-    # The untrained base model of the same run: near 0%.
-    base_tok, base = load_policy(m["model_path"])
-    base_report = format_report(generate(base, base_tok, [r["question"] for r in rows[:30]], max_new_tokens=96, batch_size=30),
-                                [r["gold"] for r in rows[:30]])
-    assert base_report["final_answer_format_rate"] <= 0.05, base_report
 
 
 def test_multimodal_gemma3_trains_under_zero3_with_a_frozen_vision_tower(full_data, tmp_path):
@@ -105,20 +101,20 @@ def test_multimodal_gemma3_trains_under_zero3_with_a_frozen_vision_tower(full_da
 
 
 def test_lost_worker_resumes_from_latest_checkpoint(full_data, tmp_path):
-    """Rank 1 is SIGKILLed once at step 12; Ray Train restarts the group from the step-8 checkpoint."""
+    """Rank 1 is SIGKILLed once at step 6; Ray Train restarts the group from the step-4 checkpoint."""
     storage, run = tmp_path / "sft", "fault"
     run_job("sft.py", "--data-dir", str(full_data), "--storage-path", str(storage), "--run-name", run,
-            "--max-steps", "24", "--save-steps", "8", "--logging-steps", "1", "--fail-at-step", "12",
+            "--max-steps", "10", "--save-steps", "4", "--logging-steps", "1", "--fail-at-step", "6",
             "--max-failures", "1", "--no-eval-after", "--zero-stage", "2", timeout=1800)
     m = _manifest(storage, run)
-    assert m["fault_drill"] == "killed rank 1 at step 12"
-    assert m["resumed_from_checkpoint"] is True and m["resumed_from_step"] == 8
-    assert m["global_step"] == 24  # the planned number of optimizer steps, not 24 + redone ones
+    assert m["fault_drill"] == "killed rank 1 at step 6"
+    assert m["resumed_from_checkpoint"] is True and m["resumed_from_step"] == 4
+    assert m["global_step"] == 10  # the planned number of optimizer steps, not 10 + redone ones
     steps = [h["step"] for h in m["log_history"] if "loss" in h]
-    assert steps == sorted(set(steps)) and steps[-1] == 24
-    assert set(range(1, 25)) <= set(steps)  # every step logged once, none skipped by the restart
+    assert steps == sorted(set(steps)) and steps[-1] == 10
+    assert set(range(1, 11)) <= set(steps)  # every step logged once, none skipped by the restart
     trainer_state = json.loads((Path(m["export_dir"]) / "trainer_state.json").read_text())
-    assert trainer_state["global_step"] == 24 and trainer_state["max_steps"] == 24
+    assert trainer_state["global_step"] == 10 and trainer_state["max_steps"] == 10
 
 
 def test_zero_memory_bench_meets_goal(full_data, tmp_path):
@@ -143,19 +139,21 @@ def test_rerunning_a_run_resumes_from_its_storage(full_data, tmp_path):
     from safetensors import safe_open
 
     storage, run = tmp_path / "sft", "again"
-    common = ["--data-dir", str(full_data), "--storage-path", str(storage), "--run-name", run, "--save-steps", "4", "--no-eval-after",
+    # bf16 matmuls are slow on CPU: small batches of short examples (the resume is what is tested).
+    common = ["--data-dir", str(full_data), "--storage-path", str(storage), "--run-name", run, "--save-steps", "2", "--no-eval-after",
+              "--per-device-batch-size", "2", "--effective-batch-size", "4", "--max-seq-length", "256",
               "--torch-dtype", "bfloat16", "--no-bf16"]
-    run_job("sft.py", *common, "--max-steps", "8", timeout=1200)
+    run_job("sft.py", *common, "--max-steps", "4", timeout=1200)
     assert _manifest(storage, run)["resumed_from_checkpoint"] is False
-    run_job("sft.py", *common, "--max-steps", "12", timeout=1200)
+    run_job("sft.py", *common, "--max-steps", "6", timeout=1200)
     m = _manifest(storage, run)
-    assert (m["resumed_from_step"], m["global_step"]) == (8, 12)
+    assert (m["resumed_from_step"], m["global_step"]) == (4, 6)
     assert (m["config"]["torch_dtype"], m["config"]["bf16"]) == ("bfloat16", False)
     losses = [h["loss"] for h in m["log_history"] if "loss" in h]
     assert losses and all(0 < loss < 20 for loss in losses), losses  # finite: pure bf16 trains
     with safe_open(str(Path(m["export_dir"]) / "model.safetensors"), "pt") as f:
         assert {str(f.get_tensor(k).dtype) for k in f.keys()} == {"torch.bfloat16"}
-    proc = run_job("sft.py", *common[:-3], "--max-steps", "12", check=False, timeout=600)
+    proc = run_job("sft.py", *common[:-3], "--max-steps", "6", check=False, timeout=600)
     assert proc.returncode == 2 and "torch_dtype" in proc.stderr, proc.stderr[-2000:]
 
 

@@ -300,3 +300,30 @@ def test_manifests_record_storage_uris_without_credentials(tmp_path):
     record = {"config": asdict(cfg), "n": 3, "nested": [{"root": uri}], "none": None}
     assert redacted(record)["nested"][0]["root"] == "s3://***@bucket/gsm/train.jsonl"
     assert redacted(record)["n"] == 3 and redacted(record)["none"] is None and record["nested"][0]["root"] == uri
+
+
+def test_job_output_and_data_manifests_hide_credentials(tmp_path, capsys):
+    """What a job prints (cli.run wraps stdout/stderr) and the data build's manifests name a storage URI
+    without its key; the build still reads the real location."""
+    import sys
+
+    from ray_app import cli
+    from ray_app.data.gsm import build_settings
+    from ray_app.config import DataConfig
+
+    uri = "s3://AKIAEXAMPLE:wJalrXUtnFEMI@bucket/gsm"
+
+    def job():
+        print(f"[data] building into {uri}/data")
+        print(f"[warn] cannot reach {uri}/x.", file=sys.stderr)
+        return 0
+
+    streams = sys.stdout, sys.stderr
+    assert cli.run(job) == 0
+    out = capsys.readouterr()
+    assert out.out == "[data] building into s3://***@bucket/gsm/data\n"
+    assert out.err == "[warn] cannot reach s3://***@bucket/gsm/x.\n"
+    assert (sys.stdout, sys.stderr) == streams  # put back after the job
+
+    cfg = DataConfig(gsm8k_source=f"{uri}/train.jsonl")
+    assert build_settings(cfg)["gsm8k_source"] == "s3://***@bucket/gsm/train.jsonl" and cfg.gsm8k_source.startswith(uri)

@@ -32,6 +32,7 @@ from typing import Callable, Sequence
 
 from ray_app import storage
 from ray_app.data.prompts import _NUMBER, gold_from_gsm_answer, normalize_number
+from ray_app.utils.run_info import redacted
 from ray_app.utils.io import (
     DataError,
     atomic_write_json,
@@ -629,8 +630,8 @@ def build_gsm_datasets(
 
     # The manifest holds what decides the bytes and nothing that varies run to run, so the same build
     # has the same manifest (and manifest_sha256) anywhere; timings go beside it.
-    atomic_write_json(out / TIMINGS_FILE, {**(run_info or {}), "seconds": {k: round(v, 3) for k, v in seconds.items()},
-                                           "template_seconds": template_seconds})
+    atomic_write_json(out / TIMINGS_FILE, redacted({**(run_info or {}), "seconds": {k: round(v, 3) for k, v in seconds.items()},
+                                                    "template_seconds": template_seconds}))
     manifest = {
         "kind": "gsm_datasets",
         "seed": seed,
@@ -651,7 +652,7 @@ def build_gsm_datasets(
         "separation": separation,
         **(extra_manifest or {}),
     }
-    atomic_write_json(out / "manifest.json", manifest)
+    atomic_write_json(out / "manifest.json", redacted(manifest))  # a source URI without its credentials
     return BuildReport(
         out_dir=str(out), files=files, counts={s: len(rows[s]) for s in SPLITS}, seconds=seconds, separation=separation
     )
@@ -710,13 +711,13 @@ def import_course_files(folder: str, out_dir: str, extra_manifest: dict | None =
     seconds = {"total": time.perf_counter() - t0}
     separation = {"test_rows_matching_train": leaked, "train_rows": len(rows["gsm_symbolic_train"]),
                   "near_duplicates_avoided": {}, "train_rows_repeating_train_numbers": None, "dedupe_train_numbers": False}
-    atomic_write_json(out / TIMINGS_FILE, {**(run_info or {}), "seconds": {k: round(v, 3) for k, v in seconds.items()}})
-    atomic_write_json(out / "manifest.json", {
+    atomic_write_json(out / TIMINGS_FILE, redacted({**(run_info or {}), "seconds": {k: round(v, 3) for k, v in seconds.items()}}))
+    atomic_write_json(out / "manifest.json", redacted({
         "kind": "gsm_datasets", "seed": None,
         "config": {"course_files": folder},
         "sources": {"course_files": sources},
         "files": files, "separation": separation, **(extra_manifest or {}),
-    })
+    }))
     return BuildReport(out_dir=str(out), files=files, counts={s: len(rows[s]) for s in SPLITS}, seconds=seconds,
                        separation=separation)
 
@@ -784,10 +785,11 @@ def manifest_sha256(data_dir: str) -> str | None:
 
 
 def build_settings(cfg) -> dict:
-    """What decides a build's bytes, as its manifest records it under 'config'."""
+    """What decides a build's bytes, as its manifest records it under 'config' (locations without
+    their credentials, as written there)."""
     if getattr(cfg, "course_files", None):
-        return {"course_files": cfg.course_files}
-    return {
+        return redacted({"course_files": cfg.course_files})
+    return redacted({
         "train_size": cfg.train_size, "test_per_template": cfg.test_per_template,
         "non_overlapping_size": cfg.non_overlapping_size, "num_templates": cfg.num_templates,
         "symbolic_source": cfg.symbolic_source, "gsm8k_source": cfg.gsm8k_source,
@@ -795,7 +797,7 @@ def build_settings(cfg) -> dict:
         # Recorded only when set, so that default builds keep the manifest (and hash) they always had.
         **({"symbolic_config": cfg.symbolic_config} if getattr(cfg, "symbolic_config", "main") != "main" else {}),
         **({"course_files": cfg.course_files} if getattr(cfg, "course_files", None) else {}),
-    }
+    })
 
 
 def ensure_data(data_dir: str, data_cfg, log=print, owned: bool = False) -> str:

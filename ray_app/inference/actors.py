@@ -1,4 +1,7 @@
-"""Ray Data actors that hold one policy model each and turn batches of questions into answers."""
+"""The generation layer that evaluation and sampling both call: question rows in, one row per
+(question, sample) out, on a Ray Data pool of actors that hold one policy model each (Hugging Face
+`generate`, the engine that runs anywhere). Evaluation (greedy) and sampling (N per question) differ
+only in the actor arguments they pass."""
 
 from __future__ import annotations
 
@@ -7,8 +10,10 @@ import time
 
 import numpy as np
 
+from ray_app.config import GenerationConfig
+from ray_app.data.gsm import load_split
 from ray_app.data.prompts import extract_answer
-from ray_app.models.registry import parse_model_specs  # noqa: F401  (re-exported: LABEL=MODEL specs)
+from ray_app.utils.resources import gpus_reachable, wait_for_resources
 
 
 def question_seed(seed: int, label: str, question_id: str) -> int:
@@ -83,3 +88,47 @@ class GenerationActor:
             out["generated_at"].append(finished)
         metrics.samples_generated(len(gens), self.label, sampled=self.do_sample)
         return out
+
+
+def question_rows(data_dir: str, splits: list[str], limit: int | None) -> list[dict]:
+    rows = []
+    for split in splits:
+        for r in load_split(data_dir, split)[:limit]:
+            rows.append({"dataset": split, "question_id": r["id"], "question": r["question"], "gold": r["gold"]})
+    return rows
+
+
+def generation_actor_gpus(cfg: GenerationConfig, log=print) -> float:
+    """GPUs per generation actor (as asked, else one where the cluster has GPUs or its autoscaler can add
+    them), once the cluster can hold `actors_per_model` such actors (or a clear error: resources.py)."""
+    from ray_app.utils.ray_init import ensure_connected
+
+    ensure_connected(log)
+    num_gpus = cfg.num_gpus_per_actor if cfg.num_gpus_per_actor is not None else (1.0 if gpus_reachable() else 0.0)
+    wait_for_resources([{"CPU": 1, "GPU": num_gpus}] * cfg.actors_per_model, cfg.resource_wait_s, "generation actors",
+                       hint="--num-gpus-per-actor, --actors-per-model", log=log)
+    return num_gpus
+
+
+def generate_with_actors(rows: list[dict], label: str, model: str, corpus_file: str, cfg_actor: dict, batch_size: int,
+                         actors: int, num_gpus: float):
+    """A Ray Data pipeline: question rows -> GenerationActor pool -> streamed output batches.
+
+    The actors get the model as named (preset, URI, shared path or Hub id) and resolve it on their node.
+    """
+    import ray
+
+    ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), 4 * actors)))
+    ds = ds.map_batches(
+        GenerationActor,
+        fn_constructor_kwargs={"label": label, "model": model, "corpus_file": corpus_file, **cfg_actor},
+        batch_size=batch_size,
+        compute=ray.data.ActorPoolStrategy(size=actors),
+        num_cpus=1,
+        num_gpus=num_gpus,
+    )
+    # Ray 2.60's map_batches takes no stage name (the operator is named after the class:
+    # MapBatches(GenerationActor)); the dataset's name is what the dashboard's Data view and the
+    # ray_data_* metrics' `dataset` tag show: "sample-<label>" or "evaluate-<label>".
+    ds.set_name(f"{'sample' if cfg_actor.get('do_sample') else 'evaluate'}-{label}")
+    return ds

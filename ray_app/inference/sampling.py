@@ -32,7 +32,7 @@ from dataclasses import asdict
 from ray_app.analysis.report import SAMPLE_COLUMNS
 from ray_app.config import SampleConfig
 from ray_app.data.gsm import manifest_sha256
-from ray_app.inference.evaluation import generate_with_actors, generation_actor_gpus, question_rows
+from ray_app.inference.actors import generate_with_actors, generation_actor_gpus, question_rows
 from ray_app import storage
 from ray_app.models.registry import model_identity, parse_model_specs
 from ray_app.utils.fingerprint import check_or_record
