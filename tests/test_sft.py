@@ -64,7 +64,7 @@ def test_multimodal_gemma3_trains_under_zero3_with_a_frozen_vision_tower(full_da
 
     storage, run = tmp_path / "sft", "multimodal-zero3"
     proc = run_job("sft.py", "--model", "tiny-gemma3-large", "--zero-stage", "3", "--data-dir", str(full_data),
-                   "--storage-path", str(storage), "--run-name", run, "--max-steps", "16", "--save-steps", "8",
+                   "--storage-path", str(storage), "--run-name", run, "--max-steps", "10", "--save-steps", "10",
                    "--logging-steps", "2", "--no-eval-after", timeout=1800)
     arch = MODEL_PRESETS["tiny-gemma3-large"].arch
     text, vision = arch.parameter_count(), arch.vision_parameter_count()
@@ -75,7 +75,7 @@ def test_multimodal_gemma3_trains_under_zero3_with_a_frozen_vision_tower(full_da
     assert m["parameters"] == {"class": "Gemma3ForConditionalGeneration", "trainable": text, "frozen": vision,
                                "total": text + vision, "frozen_modules": ["model.vision_tower", "model.multi_modal_projector"]}
     losses = [h["loss"] for h in m["log_history"] if "loss" in h]
-    assert m["global_step"] == 16 and losses[-1] < losses[0] - 0.5, losses
+    assert m["global_step"] == 10 and losses[-1] < losses[0] - 0.5, losses
 
     export = Path(m["export_dir"])
     assert json.loads((export / "config.json").read_text())["architectures"] == ["Gemma3ForConditionalGeneration"]
@@ -96,7 +96,7 @@ def test_multimodal_gemma3_trains_under_zero3_with_a_frozen_vision_tower(full_da
     tokenizer.padding_side = "left"
     rows = load_split(str(full_data), "gsm_symbolic_test")[:3]
     out = generate(trained, tokenizer, [r["question"] for r in rows], max_new_tokens=16, batch_size=3)
-    # 16 steps teach little: what counts is that the reloaded model runs generate() and ends its turns.
+    # 10 steps teach little: what counts is that the reloaded model runs generate() and ends its turns.
     assert len(out) == 3 and all(g.num_tokens > 0 and g.finish_reason in ("stop", "length") for g in out), out
 
 
