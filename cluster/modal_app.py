@@ -74,7 +74,7 @@ image = (
     .apt_install("build-essential", "git")
     .add_local_dir(PROJECT, REMOTE_PROJECT, copy=True,
                    ignore=[".git", "outputs", "wandb", "**/__pycache__", "*.egg-info", ".pytest_cache"])
-    .run_commands(f"cd {REMOTE_PROJECT} && RAY_APP_RUNTIME_ONLY=1 TORCH_SPEC=torch bash scripts/setup.sh")
+    .run_commands(f"cd {REMOTE_PROJECT} && RAY_APP_RUNTIME_ONLY=1 TORCH_SPEC=torch bash scripts/setup.sh --vllm")
     .env({"RAY_APP_STORAGE_ROOT": OUTPUTS, "HF_HOME": "/hf-cache"})
 )
 volumes = {OUTPUTS: outputs, "/hf-cache": hf_cache}

@@ -41,6 +41,7 @@ def _main(cfg, args) -> int:
     from ray_app.utils.run_info import redacted, versions
 
     started = time.perf_counter()
+    cli.check_engines(cfg.engine)
     root = cli.start(args)
     out = cfg.out_dir
     sample_cfg = dataclasses.replace(cfg, out_dir=storage.join(out, "samples"), models=resolve_model_specs(cfg.models, root),

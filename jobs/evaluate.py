@@ -34,6 +34,7 @@ def _main(cfg, args) -> int:
     from ray_app.inference.evaluation import run_evaluation
     from ray_app.models.registry import resolve_model_specs
 
+    cli.check_engines(cfg.engine)
     root = cli.start(args)
     cfg = dataclasses.replace(cfg, models=resolve_model_specs(cfg.models, root))
     cli.connect_ray()

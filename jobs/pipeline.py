@@ -62,6 +62,7 @@ def _main(pcfg, args) -> int:
     from ray_app.utils.fingerprint import recorded_differences
 
     started = time.perf_counter()
+    cli.check_engines(pcfg.engine or sections["eval"].engine, pcfg.engine or sections["sample"].engine)
     cli.start(args)
     out = pcfg.out_dir
     data_dir, report = storage.join(out, "data"), storage.join(out, "report")
@@ -110,6 +111,7 @@ def _main(pcfg, args) -> int:
         models=",".join(f"{k}={v}" for k, v in labels.items()),
         max_new_tokens=pcfg.max_new_tokens or sections["eval"].max_new_tokens,
         actors_per_model=pcfg.actors_per_model or sections["eval"].actors_per_model,
+        engine=pcfg.engine or sections["eval"].engine,
     )
     with _stage("evaluate", timings):
         run_evaluation(eval_cfg)
@@ -121,6 +123,7 @@ def _main(pcfg, args) -> int:
         temperature=pcfg.temperature if pcfg.temperature is not None else sections["sample"].temperature,
         num_samples=pcfg.num_samples or sections["sample"].num_samples,
         actors_per_model=pcfg.actors_per_model or sections["sample"].actors_per_model,
+        engine=pcfg.engine or sections["sample"].engine,
     )
     with _stage("sample_and_score", timings):
         changed = recorded_differences(storage.join(sample_cfg.out_dir, "sampling_config.json"),

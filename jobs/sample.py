@@ -37,6 +37,7 @@ def _main(cfg, args) -> int:
     from ray_app.inference.sampling import run_sampling
     from ray_app.models.registry import resolve_model_spec, resolve_model_specs
 
+    cli.check_engines(cfg.engine)
     root = cli.start(args)
     cfg = dataclasses.replace(cfg, models=resolve_model_specs(cfg.models, root),
                               reward_model=resolve_model_spec(cfg.reward_model, root))

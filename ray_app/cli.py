@@ -22,6 +22,17 @@ def start(args, log=print) -> str:
     return args.storage_root
 
 
+def check_engines(*engines: str | None) -> None:
+    """`--engine vllm` where vLLM is not installed: a ConfigError saying how to get it, before anything
+    starts. (Checked when a job runs, not when its command line is parsed: a command meant for a cluster
+    whose image has vLLM parses anywhere.)"""
+    from ray_app.utils.engines import engine_settings
+
+    for engine in engines:
+        if engine:
+            engine_settings(engine, do_sample=False)
+
+
 def data_config(args) -> DataConfig:
     """The preset's (and --config file's) data section, its paths under the storage root."""
     return resolve_paths(resolve_section("data", args.preset, args.config, {}), args.storage_root)

@@ -206,6 +206,9 @@ class GenerationConfig:
     limit: Optional[int] = _f(None, "only the first K questions of each split (quick runs)", ge=1)
     resource_wait_s: float = _f(600.0, "seconds to wait for the cluster (or its autoscaler) to provide the generation actors' "
                                 "(and reward replicas') CPUs/GPUs before stopping with an error that names what is missing", ge=0)
+    engine: str = _f("hf", "generation engine: 'hf' (Hugging Face generate on Ray Data actors, runs anywhere) or 'vllm' "
+                     "(vLLM through ray.data.llm: continuous batching, the field's engine; needs vLLM installed, see README)",
+                     choices=("hf", "vllm"))
 
 
 @dataclass
@@ -291,6 +294,8 @@ class PipelineConfig:
                                          "actor per core keeps every core busy", ge=1)
     sample_limit: Optional[int] = _f(None, "questions sampled per model (None: all)", ge=1)
     max_new_tokens: Optional[int] = _f(None, "generation budget for evaluation and sampling (default: their sections')", ge=1)
+    engine: Optional[str] = _f(None, "generation engine of evaluation and sampling: hf or vllm (default: the eval and sample "
+                               "sections': hf in the tiny preset, vllm in the GPU presets)", choices=("hf", "vllm"))
     temperature: Optional[float] = _f(None, "sampling temperature (default: the sample section's)", gt=0)
     num_samples: Optional[int] = _f(None, "samples per question, N (default: the sample section's)", ge=1)
     report_title: str = _f("GSM SFT and inference-time scaling study", "title of report/README.md and report.html")

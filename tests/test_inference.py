@@ -42,7 +42,7 @@ def test_evaluate_writes_predictions_and_table1(full_data, tmp_path):
         assert f"| {m} | " in md and f"format {k}/6" in md.split(f"| {m} | ")[1].split("\n")[0]
 
 
-def test_sample_and_score_streams_and_resumes(full_data, tmp_path):
+def test_sample_and_score_streams_resumes_and_analyzes(full_data, tmp_path):
     out = tmp_path / "samples"
     args = ["--data-dir", str(full_data), "--models", MODELS, "--limit", "6", "--num-samples", "4", "--max-new-tokens", "40",
             "--questions-per-batch", "2", "--out-dir", str(out), "--serve-port", "8311"]
@@ -83,14 +83,10 @@ def test_sample_and_score_streams_and_resumes(full_data, tmp_path):
     # The resumed run regenerated the lost questions exactly and left every finished one as it was.
     assert (out / "samples.jsonl").read_bytes() == first_bytes
 
-
-def test_analyze_reads_real_samples(full_data, tmp_path):
-    out = tmp_path / "samples"
-    run_job("sample.py", "--data-dir", str(full_data), "--models", "small=tiny-gemma3-small", "--limit", "4", "--num-samples", "2",
-            "--max-new-tokens", "24", "--out-dir", str(out), "--serve-port", "8312", timeout=900)
+    # The analysis job reads these real samples (Table 2 by n).
     report = tmp_path / "report"
-    run_job("analyze.py", "--samples", str(out / "samples.parquet"), "--out", str(report), "--ns", "1,2")
-    assert (report / "table2_scaling.csv").read_text().splitlines()[0] == "model,dataset,strategy,n=1,n=2"
+    run_job("analyze.py", "--samples", str(out / "samples.parquet"), "--out", str(report), "--ns", "1,2,4")
+    assert (report / "table2_scaling.csv").read_text().splitlines()[0] == "model,dataset,strategy,n=1,n=2,n=4"
 
 
 # ----------------------------------------------------------------------------------------------

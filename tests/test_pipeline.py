@@ -103,7 +103,7 @@ def test_rerun_reuses_every_stage(study):
 
 
 def test_changed_settings_redo_only_what_they_affect(study):
-    """Another temperature and a longer small SFT in one rerun: the small SFT trains on from its checkpoint,
+    """Another temperature (sampled on fewer questions) and a longer small SFT in one rerun: the small SFT trains on from its checkpoint,
     what uses that model (its evaluation, sampling) and what the temperature decides (sampling) are redone;
     the large SFT and the other three evaluations are reused."""
     out, _, _ = study
@@ -113,10 +113,16 @@ def test_changed_settings_redo_only_what_they_affect(study):
     large_before, small_before = large_sft.read_bytes(), json.loads(small_sft.read_text())
 
     steps = small_before["global_step"] + 10
-    proc = run_job("pipeline.py", "--out-dir", str(out), "--temperature", "0.9", "--small-max-steps", str(steps), timeout=1800)
+    # (On 10 of the 30 questions: --sample-limit only chooses questions, so it is no changed setting, and the
+    # resampling the new temperature forces costs a third.)
+    proc = run_job("pipeline.py", "--out-dir", str(out), "--temperature", "0.9", "--small-max-steps", str(steps),
+                   "--sample-limit", "10", timeout=1800)
     log = proc.stdout
     assert log.count("[sft] reusing the finished run") == 1 and "sft-tiny-gemma3-large" in log.split("[sft] reusing the finished run")[1]
     assert json.loads(small_sft.read_text())["global_step"] == steps and large_sft.read_bytes() == large_before
+    # Trained on from the finished run's last checkpoint in storage, not from step 0.
+    small_run = json.loads((out / "sft" / "sft-tiny-gemma3-small" / "run_manifest.json").read_text())
+    assert (small_run["resumed_from_checkpoint"], small_run["resumed_from_step"]) == (True, small_before["global_step"])
     assert log.count("reusing 120 greedy answers") == 3 and "[eval] small-sft: 120 greedy answers in" in log
     new_parts = sorted(p.name for p in (out / "eval" / "parts").iterdir())
     assert len(new_parts) == len(eval_parts) + 1
@@ -125,3 +131,4 @@ def test_changed_settings_redo_only_what_they_affect(study):
     assert json.loads((out / "report" / "pipeline_manifest.json").read_text())["config"]["sample"]["temperature"] == 0.9
     manifest = json.loads((out / "samples" / "sample_manifest.json").read_text())
     assert f":step{steps}" in manifest["settings"]["models"]["small-sft"]
+    assert manifest["rows"] == 2 * 10 * 8

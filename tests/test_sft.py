@@ -117,6 +117,29 @@ def test_lost_worker_resumes_from_latest_checkpoint(full_data, tmp_path):
     assert trainer_state["global_step"] == 10 and trainer_state["max_steps"] == 10
 
 
+def test_pure_bf16_run_stays_16_bit_and_a_rerun_without_its_dtype_is_refused(full_data, tmp_path):
+    """--torch-dtype bfloat16 without --bf16 trains in pure bf16: weights, checkpoints and the export stay
+    16-bit; a rerun into the same run that leaves out --torch-dtype is another config and is refused.
+    (A rerun that trains on from storage is the pipeline's changed-settings test: --small-max-steps.)"""
+    from safetensors import safe_open
+
+    storage, run = tmp_path / "sft", "again"
+    # bf16 matmuls are slow on CPU: small batches of short examples.
+    common = ["--data-dir", str(full_data), "--storage-path", str(storage), "--run-name", run, "--save-steps", "2", "--no-eval-after",
+              "--per-device-batch-size", "2", "--effective-batch-size", "4", "--max-seq-length", "256",
+              "--torch-dtype", "bfloat16", "--no-bf16"]
+    run_job("sft.py", *common, "--max-steps", "4", timeout=1200)
+    m = _manifest(storage, run)
+    assert m["resumed_from_checkpoint"] is False and m["global_step"] == 4
+    assert (m["config"]["torch_dtype"], m["config"]["bf16"]) == ("bfloat16", False)
+    losses = [h["loss"] for h in m["log_history"] if "loss" in h]
+    assert losses and all(0 < loss < 20 for loss in losses), losses  # finite: pure bf16 trains
+    with safe_open(str(Path(m["export_dir"]) / "model.safetensors"), "pt") as f:
+        assert {str(f.get_tensor(k).dtype) for k in f.keys()} == {"torch.bfloat16"}
+    proc = run_job("sft.py", *common[:-3], "--max-steps", "6", check=False, timeout=600)
+    assert proc.returncode == 2 and "torch_dtype" in proc.stderr, proc.stderr[-2000:]
+
+
 def test_zero_memory_bench_meets_goal(full_data, tmp_path):
     out = tmp_path / "zero.json"
     bench = subprocess.run([sys.executable, str(ROOT / "bench/zero_memory.py"), "--data-dir", str(full_data), "--json", str(out)],
@@ -130,31 +153,6 @@ def test_zero_memory_bench_meets_goal(full_data, tmp_path):
             # Counted bytes within 5% of the ZeRO estimate (buckets and norms are the difference).
             assert abs(rank["total"] - rank["estimate"]) / rank["estimate"] < 0.05, (stage, rank)
     assert "ZeRO-3 / ZeRO-0 per-rank model-state bytes" in bench.stdout
-
-
-def test_rerunning_a_run_resumes_from_its_storage(full_data, tmp_path):
-    """The same --run-name and --storage-path continue from the latest checkpoint of the earlier launch.
-    The run trains in pure bf16 (--torch-dtype bfloat16 without --bf16): weights, checkpoints and the
-    export stay 16-bit, and a rerun that leaves out --torch-dtype is another config and is refused."""
-    from safetensors import safe_open
-
-    storage, run = tmp_path / "sft", "again"
-    # bf16 matmuls are slow on CPU: small batches of short examples (the resume is what is tested).
-    common = ["--data-dir", str(full_data), "--storage-path", str(storage), "--run-name", run, "--save-steps", "2", "--no-eval-after",
-              "--per-device-batch-size", "2", "--effective-batch-size", "4", "--max-seq-length", "256",
-              "--torch-dtype", "bfloat16", "--no-bf16"]
-    run_job("sft.py", *common, "--max-steps", "4", timeout=1200)
-    assert _manifest(storage, run)["resumed_from_checkpoint"] is False
-    run_job("sft.py", *common, "--max-steps", "6", timeout=1200)
-    m = _manifest(storage, run)
-    assert (m["resumed_from_step"], m["global_step"]) == (4, 6)
-    assert (m["config"]["torch_dtype"], m["config"]["bf16"]) == ("bfloat16", False)
-    losses = [h["loss"] for h in m["log_history"] if "loss" in h]
-    assert losses and all(0 < loss < 20 for loss in losses), losses  # finite: pure bf16 trains
-    with safe_open(str(Path(m["export_dir"]) / "model.safetensors"), "pt") as f:
-        assert {str(f.get_tensor(k).dtype) for k in f.keys()} == {"torch.bfloat16"}
-    proc = run_job("sft.py", *common[:-3], "--max-steps", "6", check=False, timeout=600)
-    assert proc.returncode == 2 and "torch_dtype" in proc.stderr, proc.stderr[-2000:]
 
 
 def test_deepspeed_on_cpu_starts_without_building_the_inference_only_shm_op(tmp_path):

@@ -108,10 +108,33 @@ def _image(path: Path, alt: str) -> str:
     return f'<p><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"></p>'
 
 
-def _facts(folder: Path) -> tuple[str, dict, dict]:
-    """HTML of the manifests (config, versions, seeds, timings), the models they name (label -> spec)
-    and the stage timings."""
+def generation_engines(record) -> list[str]:
+    """The generation engines a manifest names (every `engine` key, nested): 'hf', or 'vllm 0.32.0' (a bare
+    'vllm' from a config gets the version from the manifest's `versions`, or from a fingerprint's record)."""
+    found: list[str] = []
+
+    def walk(x):
+        if isinstance(x, dict):
+            for k, v in x.items():
+                if k == "engine" and isinstance(v, str):
+                    found.append(v)
+                else:
+                    walk(v)
+        elif isinstance(x, list):
+            for v in x:
+                walk(v)
+
+    walk(record)
+    installed = (record.get("versions") or {}).get("vllm") if isinstance(record, dict) else None
+    named = dict.fromkeys(f"vllm {installed}" if e == "vllm" and installed else e for e in found)
+    return [e for e in named if not (e == "vllm" and any(n.startswith("vllm ") for n in named))]
+
+
+def _facts(folder: Path) -> tuple[str, dict, dict, list[str]]:
+    """HTML of the manifests (config, versions, seeds, timings), the models they name (label -> spec),
+    the stage timings and the generation engines."""
     blocks, models, timings = [], {}, {}
+    engines: list[str] = []
     for name in MANIFESTS:
         path = folder / name
         if not path.is_file():
@@ -119,8 +142,9 @@ def _facts(folder: Path) -> tuple[str, dict, dict]:
         manifest = json.loads(path.read_text())
         models.update({str(k): str(v) for k, v in (manifest.get("models") or {}).items()})
         timings.update({f"{name.split('_manifest')[0]}: {k}": v for k, v in (manifest.get("timings_s") or {}).items()})
+        engines += [e for e in generation_engines(manifest) if e not in engines]
         blocks.append(f"<details><summary>{html.escape(name)}</summary><pre>{html.escape(json.dumps(manifest, indent=2))}</pre></details>")
-    return "".join(blocks), models, timings
+    return "".join(blocks), models, timings, engines
 
 
 def write_html_report(folder: str | Path, title: str, models: Optional[dict] = None, tiny: Optional[bool] = None) -> Path:
@@ -129,7 +153,7 @@ def write_html_report(folder: str | Path, title: str, models: Optional[dict] = N
     The models (label -> spec; `models`, else those the manifests name) are listed at the top; `tiny`
     forces the embedded-model note on or off (default: on when any of them is an embedded preset)."""
     folder = Path(folder)
-    facts, named, timings = _facts(folder)
+    facts, named, timings, engines = _facts(folder)
     models = {**named, **(models or {})}
     if tiny is None:
         tiny = any(is_embedded_model(str(m)) for m in models.values())
@@ -139,6 +163,8 @@ def write_html_report(folder: str | Path, title: str, models: Optional[dict] = N
     if models:
         parts.append("<p>Models: " + ", ".join(f"<code>{html.escape(k)}</code> = <code>{html.escape(str(v))}</code>"
                                              for k, v in models.items()) + "</p>")
+    if engines:  # which engine made the answers is part of what the numbers mean
+        parts.append(f'<p id="generation-engine">Generation engine: <code>{html.escape(", ".join(engines))}</code></p>')
     sections = findings(folder, tiny)
     if sections:
         parts.append('<h2 id="findings">Findings</h2>' + "".join(

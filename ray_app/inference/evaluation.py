@@ -17,7 +17,8 @@ from ray_app.analysis.estimators import (
 from ray_app.config import EvalConfig
 from ray_app.data.gsm import manifest_sha256
 from ray_app.data.prompts import has_final_answer_line
-from ray_app.inference.actors import generate_with_actors, generation_actor_gpus, question_rows
+from ray_app.inference.actors import generate_rows, generation_actor_gpus, question_rows
+from ray_app.utils.engines import engine_settings
 from ray_app import storage
 from ray_app.models.registry import model_identity, parse_model_specs
 from ray_app.utils.fingerprint import fingerprint
@@ -76,13 +77,15 @@ def table1_differences(predictions, resamples: int = 2000, seed: int = 0):
 def model_eval_settings(cfg: EvalConfig, label: str, model: str, splits: list[str], data_sha: str | None) -> dict:
     """What decides one model's greedy answers (how the work is spread does not)."""
     return {"label": label, "model": model_identity(model), "datasets": splits, "limit": cfg.limit,
-            "max_new_tokens": cfg.max_new_tokens, "data_manifest_sha256": data_sha, "decoding": "greedy"}
+            "max_new_tokens": cfg.max_new_tokens, "data_manifest_sha256": data_sha, "decoding": "greedy",
+            **engine_settings(cfg.engine, do_sample=False)}
 
 
 def run_evaluation(cfg: EvalConfig, log=print) -> dict:
     import pandas as pd
 
     started = time.perf_counter()
+    engine = engine_settings(cfg.engine, do_sample=False)  # vLLM asked for but missing: stop here, before any work
     splits = [s.strip() for s in cfg.datasets.split(",") if s.strip()]
     rows = question_rows(cfg.data_dir, splits, cfg.limit)
     corpus = storage.join(cfg.data_dir, "gsm_symbolic_train.jsonl")
@@ -102,14 +105,15 @@ def run_evaluation(cfg: EvalConfig, log=print) -> dict:
             t = time.perf_counter()
             if num_gpus is None:
                 num_gpus = generation_actor_gpus(cfg, log)
-            ds = generate_with_actors(rows, label, model, corpus, {"max_new_tokens": cfg.max_new_tokens, "batch_size": cfg.batch_size},
-                                      cfg.batch_size, cfg.actors_per_model, num_gpus)
+            ds = generate_rows(cfg.engine, rows, label, model, corpus, {"max_new_tokens": cfg.max_new_tokens, "batch_size": cfg.batch_size},
+                               cfg.batch_size, cfg.actors_per_model, num_gpus)
             frame = ds.to_pandas().sort_values(["dataset", "question_id"], kind="stable").reset_index(drop=True)
             buffer = io.BytesIO()
             frame.to_parquet(buffer, index=False)
             storage.write_bytes(part, buffer.getvalue())
             seconds[label] = time.perf_counter() - t
-            log(f"[eval] {label}: {len(frame)} greedy answers in {seconds[label]:.0f}s, accuracy {100 * frame['correct'].mean():.1f}%")
+            log(f"[eval] {label}: {len(frame)} greedy answers in {seconds[label]:.0f}s ({engine.get('engine', 'hf generate')}), "
+                f"accuracy {100 * frame['correct'].mean():.1f}%")
         frames.append(frame)
     predictions = pd.concat(frames, ignore_index=True).sort_values(["model", "dataset", "question_id"], kind="stable")
     predictions = predictions.drop(columns=["sample_idx", "generation_started_at", "generated_at"])
@@ -126,7 +130,7 @@ def run_evaluation(cfg: EvalConfig, log=print) -> dict:
                        + (to_markdown(diffs) if len(diffs) else "(no SFT/base pair of labels to compare, e.g. small-sft and small-base)\n"))
     settings = {"models": {label: model_identity(m) for label, m in parse_model_specs(cfg.models)}, "datasets": splits,
                 "limit": cfg.limit, "max_new_tokens": cfg.max_new_tokens,
-                "data_manifest_sha256": manifest_sha256(cfg.data_dir)}
+                "data_manifest_sha256": manifest_sha256(cfg.data_dir), "engine": engine.get("engine", "hf")}
     summary = {"config": asdict(cfg), "settings": settings, "config_fingerprint": fingerprint(settings), "rows": len(predictions),
                "reused_models": reused, "seconds": {**seconds, "total": time.perf_counter() - started},
                "num_gpus_per_actor": num_gpus, "versions": versions()}

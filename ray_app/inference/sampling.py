@@ -32,7 +32,8 @@ from dataclasses import asdict
 from ray_app.analysis.report import SAMPLE_COLUMNS
 from ray_app.config import SampleConfig
 from ray_app.data.gsm import manifest_sha256
-from ray_app.inference.actors import generate_with_actors, generation_actor_gpus, question_rows
+from ray_app.inference.actors import generate_rows, generation_actor_gpus, question_rows, whole_questions
+from ray_app.utils.engines import engine_settings
 from ray_app import storage
 from ray_app.models.registry import model_identity, parse_model_specs
 from ray_app.utils.fingerprint import check_or_record
@@ -436,9 +437,11 @@ def _generate_and_score(cfg: SampleConfig, handle, rows: list[dict], specs: list
             if not todo_rows:
                 continue
             t = time.perf_counter()
-            ds = generate_with_actors(todo_rows, label, model, corpus, actor_args,
-                                      cfg.questions_per_batch, cfg.actors_per_model, num_gpus)
-            for batch in ds.iter_batches(batch_size=None, batch_format="pandas"):
+            ds = generate_rows(cfg.engine, todo_rows, label, model, corpus, actor_args,
+                               cfg.questions_per_batch * (cfg.num_samples if cfg.engine == "vllm" else 1),
+                               cfg.actors_per_model, num_gpus)
+            # Scored as batches of whole questions (vLLM returns a question's N requests in any order).
+            for batch in whole_questions(ds.iter_batches(batch_size=None, batch_format="pandas"), cfg.num_samples):
                 send(batch, model_fps[label])
             seconds[f"generate_{label}"] = time.perf_counter() - t
             log(f"[sample] {label}: {len(todo_rows)} questions x {cfg.num_samples} samples generated in {seconds[f'generate_{label}']:.0f}s")
@@ -513,7 +516,7 @@ def sampling_config_settings(cfg: SampleConfig) -> dict:
     return {
         "dataset": cfg.dataset, "num_samples": cfg.num_samples, "temperature": cfg.temperature, "top_p": cfg.top_p,
         "seed": cfg.seed, "seeding": "per question: sha256(seed:label:question_id)", "max_new_tokens": cfg.max_new_tokens, "reward_model": model_identity(cfg.reward_model),
-        "data_manifest_sha256": manifest_sha256(cfg.data_dir),
+        "data_manifest_sha256": manifest_sha256(cfg.data_dir), **engine_settings(cfg.engine, do_sample=True),
     }
 
 

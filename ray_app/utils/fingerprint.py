@@ -57,8 +57,12 @@ def recorded_settings(path: str) -> dict[str, Any] | None:
 
 
 def describe_differences(old: dict, new: dict) -> list[str]:
-    """'name: old -> new' for every differing field."""
-    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in differing_fields(old, new)]
+    """'name: old -> new' for every differing field ('(not set)' where one side lacks it: e.g. `engine`,
+    recorded for vLLM only, so folders made with the default engine keep their fingerprints)."""
+    def shown(d: dict, k: str) -> str:
+        return repr(d[k]) if k in d else "(not set)"
+
+    return [f"{k}: {shown(old, k)} -> {shown(new, k)}" for k in differing_fields(old, new)]
 
 
 def recorded_differences(path: str, settings: dict) -> list[str] | None:

