@@ -146,6 +146,15 @@ def _make_callbacks(cfg: SFTConfig):
             context = ray.train.get_context()
             last_rank = context.get_world_rank() == context.get_world_size() - 1
             if last_rank and state.global_step == cfg.fail_at_step and not storage.exists(self.marker):
+                if args.save_steps and state.global_step >= args.save_steps:
+                    # The drill is "a worker lost after a checkpoint": Ray Train's controller registers a reported
+                    # checkpoint when it next polls the workers, so a kill right after the report could beat it
+                    # (seen on a fast machine: the group restarted from step 0). Wait until it is registered.
+                    snapshot = storage.join(cfg.run_dir, "checkpoint_manager_snapshot.json")
+                    deadline = time.time() + 60
+                    while time.time() < deadline and not (storage.exists(snapshot)
+                                                          and "checkpoint_" in storage.read_text(snapshot)):
+                        time.sleep(0.5)
                 storage.write_text(self.marker, f"killed rank {context.get_world_rank()} at step {state.global_step}\n")
                 os.kill(os.getpid(), signal.SIGKILL)
 
