@@ -30,6 +30,17 @@ SAMPLE_COLUMNS = ("model", "dataset", "question_id", "sample_idx", "question", "
                   "num_tokens", "finish_reason", "generation_started_at", "generated_at")
 
 
+def sample_row(label: str, question: dict, sample_idx: int, response: str, num_tokens: int, finish_reason: str,
+               started: float, generated: float) -> dict:
+    """One SAMPLE_COLUMNS row: the answer parsed from the response and scored against the gold one, the
+    same way whichever engine wrote it. `question` has dataset, question_id, question and gold."""
+    pred, gold = extract_answer(response), str(question["gold"])
+    return {"model": label, "dataset": str(question["dataset"]), "question_id": str(question["question_id"]),
+            "sample_idx": int(sample_idx), "question": str(question["question"]), "response": response, "pred": pred,
+            "gold": gold, "correct": pred == gold, "num_tokens": num_tokens, "finish_reason": finish_reason,
+            "generation_started_at": started, "generated_at": generated}
+
+
 def question_seed(seed: int, label: str, question_id: str) -> int:
     """The seed of one question's samples: a function of (seed, model label, question id) only, so
     re-batching, another actor count or a resumed run draws the same samples for a question."""
@@ -83,21 +94,12 @@ class GenerationActor:
         out: dict[str, list] = {k: [] for k in SAMPLE_COLUMNS}
         for i, g in enumerate(gens):
             q = i // self.num_samples
-            pred = extract_answer(g.completion)
-            gold = str(batch["gold"][q])
-            out["model"].append(self.label)
-            out["dataset"].append(str(batch["dataset"][q]))
-            out["question_id"].append(str(batch["question_id"][q]))
-            out["sample_idx"].append(i % self.num_samples)
-            out["question"].append(questions[q])
-            out["response"].append(g.completion)
-            out["pred"].append(pred)
-            out["gold"].append(gold)
-            out["correct"].append(pred == gold)
-            out["num_tokens"].append(g.num_tokens)
-            out["finish_reason"].append(g.finish_reason)
-            out["generation_started_at"].append(started)
-            out["generated_at"].append(finished)
+            question = {"dataset": batch["dataset"][q], "question_id": batch["question_id"][q], "question": questions[q],
+                        "gold": batch["gold"][q]}
+            row = sample_row(self.label, question, i % self.num_samples, g.completion, g.num_tokens, g.finish_reason,
+                             started, finished)
+            for k in SAMPLE_COLUMNS:
+                out[k].append(row[k])
         metrics.samples_generated(len(gens), self.label, sampled=self.do_sample)
         return out
 
@@ -219,12 +221,8 @@ class _ToSampleRow:
         stopped = bool(tokens) and int(tokens[-1]) in self.stops
         num_tokens = len(tokens) - 1 if stopped else len(tokens)
         finish = "stop" if stopped or num_tokens < self.max_new_tokens else "length"
-        response = str(row.get("generated_text") or "")
-        pred, gold = extract_answer(response), str(row["gold"])
-        return {"model": self.label, "dataset": str(row["dataset"]), "question_id": str(row["question_id"]),
-                "sample_idx": int(row["sample_idx"]), "question": str(row["question"]), "response": response, "pred": pred,
-                "gold": gold, "correct": pred == gold, "num_tokens": num_tokens, "finish_reason": finish,
-                "generation_started_at": self.started, "generated_at": time.time()}
+        return sample_row(self.label, row, row["sample_idx"], str(row.get("generated_text") or ""), num_tokens, finish,
+                          self.started, time.time())
 
 
 def generate_with_vllm(rows: list[dict], label: str, model: str, corpus_file: str, cfg_actor: dict, batch_size: int,
@@ -239,8 +237,9 @@ def generate_with_vllm(rows: list[dict], label: str, model: str, corpus_file: st
     from ray_app.generation import stop_token_ids_of
     from ray_app.models.registry import materialize_model
 
-    # The model as a folder the engine replicas can read (built, downloaded or passed through, as on an
-    # HF actor); ray.data.llm also downloads Hub ids and s3:// folders itself on each node.
+    # The model as a folder (built, downloaded or passed through, as on an HF actor), here on the driver's
+    # node: the engine replicas read that path, so embedded presets and s3:// models need the replicas on
+    # this node (a Hub id passes through, and each replica's vLLM fetches it itself).
     path = materialize_model(model, corpus_file)
     tokenizer = AutoTokenizer.from_pretrained(path)
     stops = stop_token_ids_of(path)
